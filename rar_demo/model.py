@@ -1,0 +1,235 @@
+"""The RAR generator (Yu et al. 2024): a decoder-only transformer over VQ tokens in any order.
+
+Sequence layout, identical to the official model so its checkpoints load unchanged:
+
+    slot:   0     1          2       3            ...  L + 1
+    input:  cls   condition  t_0     t_1          ...  t_{L-1}
+    pos:    p[0]  p[1]       p[2+o0] p[2+o1]      ...  p[2+o_{L-1}]
+    target: -     q[2+o0]    q[2+o1] q[2+o2]      ...  -
+
+t_i is the token generated at step i, o_i = orders[i] its raster position, p the positional
+table and q the target-aware table: every input is told which position comes next, which is
+what lets one network generate in any order. adaLN conditioning at slot j is
+embed(condition) + timesteps_embeddings[j].
+
+Two paths: `forward` (teacher forcing, for training and parity) and `prefill` +
+`decode_step` against a preallocated, static-shape `KVCache` (for sampling).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import RARConfig
+
+PREFIX = 2  # cls and condition slots before the image tokens
+LN_EPS = 1e-6
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer for a whole generation, allocated once."""
+
+    k: Tensor  # (layers, B, H, T, head_dim)
+    v: Tensor  # (layers, B, H, T, head_dim)
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    return x * (1 + scale) + shift
+
+
+class Attention(nn.Module):
+    def __init__(self, config: RARConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.q_norm = nn.LayerNorm(self.head_dim, eps=LN_EPS)
+        self.k_norm = nn.LayerNorm(self.head_dim, eps=LN_EPS)
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(
+        self, x: Tensor, cache: tuple[Tensor, Tensor] | None = None, input_pos: Tensor | None = None
+    ) -> Tensor:
+        B, N, D = x.shape
+        qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, N, hd)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if cache is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            k_cache, v_cache = cache  # (B, H, T, hd)
+            k_cache.index_copy_(2, input_pos, k)
+            v_cache.index_copy_(2, input_pos, v)
+            # Attend over the whole static cache, masking slots not yet written.
+            slots = torch.arange(k_cache.shape[2], device=x.device)
+            mask = slots[None, :] <= input_pos[:, None]  # (N, T)
+            out = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask)
+        out = out.transpose(1, 2).reshape(B, N, D)
+        return self.proj(out)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: RARConfig) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with adaLN-Zero modulation (as in DiT)."""
+
+    def __init__(self, config: RARConfig) -> None:
+        super().__init__()
+        D = config.hidden_size
+        self.norm1 = nn.LayerNorm(D, eps=LN_EPS)
+        self.attn = Attention(config)
+        self.norm2 = nn.LayerNorm(D, eps=LN_EPS)
+        self.mlp = MLP(config)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))
+
+    def forward(
+        self,
+        x: Tensor,
+        c: Tensor,
+        cache: tuple[Tensor, Tensor] | None = None,
+        input_pos: Tensor | None = None,
+    ) -> Tensor:
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c).chunk(6, -1)
+        x = x + gate_a * self.attn(modulate(self.norm1(x), shift_a, scale_a), cache, input_pos)
+        return x + gate_m * self.mlp(modulate(self.norm2(x), shift_m, scale_m))
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, config: RARConfig) -> None:
+        super().__init__()
+        D = config.hidden_size
+        self.norm_final = nn.LayerNorm(D, elementwise_affine=False, eps=LN_EPS)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 2 * D))
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        scale, shift = self.adaLN_modulation(c).chunk(2, -1)  # scale first, as in the checkpoints
+        return modulate(self.norm_final(x), shift, scale)
+
+
+class RAR(nn.Module):
+    def __init__(self, config: RARConfig) -> None:
+        super().__init__()
+        self.config = config
+        D, L = config.hidden_size, config.image_seq_len
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
+        self.embeddings = nn.Embedding(config.vocab_size, D)
+        # Table sizes match the official checkpoints (more rows than a sequence uses).
+        self.pos_embed = nn.Parameter(torch.zeros(1, L + 1024, D))
+        self.target_aware_pos_embed = nn.Parameter(torch.zeros(1, L + 1024, D))
+        self.timesteps_embeddings = nn.Parameter(torch.zeros(1, L + 100, D))
+        self.adaln_before_head = FinalLayer(config)
+        self.lm_head = nn.Linear(D, config.codebook_size)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The official initialisation: truncated normal(0.02), adaLN-Zero modulations."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear | nn.Embedding):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm) and module.elementwise_affine:
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        for table in (self.pos_embed, self.target_aware_pos_embed, self.timesteps_embeddings):
+            nn.init.trunc_normal_(table, std=0.02)
+        nn.init.zeros_(self.cls_token)
+        for block in [*self.blocks, self.adaln_before_head]:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+
+    def condition(self, labels: Tensor) -> Tensor:
+        """(B,) class labels in [0, C], C meaning unconditional -> (B, D) embeddings."""
+        return self.embeddings(labels + self.config.codebook_size + 1)
+
+    def _head(self, x: Tensor, c: Tensor) -> Tensor:
+        return self.lm_head(self.adaln_before_head(x, c))
+
+    def forward(self, tokens: Tensor, labels: Tensor, orders: Tensor) -> Tensor:
+        """Teacher-forced logits for the RAR training objective.
+
+        tokens (B, L) by raster position, labels (B,) in [0, C], orders (B, L) with orders[b, i]
+        the raster position generated at step i. Returns (B, L + 1, V): row i predicts the token
+        at raster position orders[b, i]; the last row has no target.
+        """
+        B, L = tokens.shape
+        pos, target = self.pos_embed[0], self.target_aware_pos_embed[0]  # (T, D)
+        cond = self.condition(labels)  # (B, D)
+        seq = self.embeddings(tokens.gather(1, orders))  # (B, L, D) in generation order
+        x = torch.cat([self.cls_token.expand(B, -1, -1), cond[:, None], seq], dim=1)
+        x = x + torch.cat([pos[:PREFIX].expand(B, -1, -1), pos[PREFIX + orders]], dim=1)
+        none = x.new_zeros(B, 1, x.shape[-1])
+        x = x + torch.cat([none, target[PREFIX + orders], none], dim=1)  # (B, L + 2, D)
+        c = cond[:, None] + self.timesteps_embeddings[:, : L + PREFIX]  # (B, L + 2, D)
+        for block in self.blocks:
+            x = block(x, c)
+        return self._head(x[:, 1:], c[:, 1:])
+
+    # --- incremental decoding -------------------------------------------------------------
+
+    def new_cache(
+        self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> KVCache:
+        """A KV cache for one whole generation: cls, condition and L - 1 fed-back tokens."""
+        ref = self.lm_head.weight
+        cfg = self.config
+        shape = (cfg.num_hidden_layers, batch_size, cfg.num_attention_heads,
+                 cfg.image_seq_len + 1, cfg.head_dim)
+        k = torch.zeros(shape, device=device or ref.device, dtype=dtype or ref.dtype)
+        return KVCache(k=k, v=torch.zeros_like(k))
+
+    def _decode(self, x: Tensor, c: Tensor, cache: KVCache, input_pos: Tensor) -> Tensor:
+        for i, block in enumerate(self.blocks):
+            x = block(x, c, (cache.k[i], cache.v[i]), input_pos)
+        return self._head(x[:, -1], c[:, -1])  # (B, V)
+
+    def prefill(self, cache: KVCache, labels: Tensor, first_positions: Tensor) -> Tensor:
+        """Writes slots 0 (cls) and 1 (condition); returns the (B, V) logits of step 0."""
+        B = labels.shape[0]
+        pos, target = self.pos_embed[0], self.target_aware_pos_embed[0]
+        cond = self.condition(labels)
+        cls = self.cls_token[0].expand(B, -1) + pos[0]
+        cond_in = cond + pos[1] + target[PREFIX + first_positions]
+        x = torch.stack([cls, cond_in], dim=1)  # (B, 2, D)
+        c = cond[:, None] + self.timesteps_embeddings[:, :PREFIX]  # (B, 2, D)
+        input_pos = torch.arange(PREFIX, device=x.device)
+        return self._decode(x, c, cache, input_pos)
+
+    def decode_step(
+        self,
+        cache: KVCache,
+        step: int,
+        tokens: Tensor,
+        positions: Tensor,
+        next_positions: Tensor,
+        labels: Tensor,
+    ) -> Tensor:
+        """Feeds the token of step - 1 and returns the (B, V) logits of `step` (1 <= step < L).
+
+        tokens (B,) the token generated at step - 1, positions (B,) its raster position,
+        next_positions (B,) the raster position that `step` will fill.
+        """
+        pos, target = self.pos_embed[0], self.target_aware_pos_embed[0]
+        x = self.embeddings(tokens) + pos[PREFIX + positions] + target[PREFIX + next_positions]
+        slot = step + 1
+        c = self.condition(labels) + self.timesteps_embeddings[0, slot]
+        input_pos = torch.tensor([slot], device=x.device)
+        return self._decode(x[:, None], c[:, None], cache, input_pos)

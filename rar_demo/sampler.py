@@ -1,0 +1,144 @@
+"""Token-by-token sampling for RAR in any order, streamed one event per step.
+
+One batch may hold samples with different orders: the model only sees per-sample position
+tables, so side-by-side panels cost one forward pass per step. Each sample draws its randomness
+from its own seeded stream (inverse-CDF sampling against pre-drawn uniforms), so a panel comes
+out the same whether it is generated alone or next to others.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .config import SamplingConfig
+from .model import RAR
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """What happened at one step, for every sample of the batch."""
+
+    step: int  # 0-based index of the step just taken
+    num_steps: int
+    positions: Tensor  # (B,) raster position filled at this step
+    tokens: Tensor  # (B,) token placed there
+    probs: Tensor  # (B,) probability of that token under the sampling distribution
+    entropy: Tensor  # (B,) entropy of that distribution, in nats
+    canvas: Tensor  # (B, L) tokens by raster position so far, -1 where not generated yet
+
+    @property
+    def done(self) -> bool:
+        return self.step == self.num_steps - 1
+
+
+def guidance_scale(config: SamplingConfig, step: int, num_steps: int) -> float:
+    """The official power-cosine CFG schedule: 1 at the first step, rising to the full scale."""
+    ramp = (1 - math.cos(((step / num_steps) ** config.guidance_power) * math.pi)) / 2
+    return (config.guidance_scale - 1) * ramp + 1
+
+
+def filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Tensor:
+    """Masks (to -inf) tokens outside the top-k and outside the top-p nucleus."""
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, idx = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        # Drop a token once the mass before it already reaches top_p (the first always stays).
+        drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
+        drop = drop_sorted.scatter(-1, idx, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def draw_uniforms(seed: int, batch_size: int, num_steps: int) -> Tensor:
+    """(B, L) uniforms, the same stream for every sample: one seed means one noise sequence."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(num_steps, generator=gen, dtype=torch.float64).expand(batch_size, -1)
+
+
+def _pick(probs: Tensor, uniforms: Tensor | None) -> Tensor:
+    if uniforms is None:
+        return probs.argmax(-1)
+    cdf = probs.double().cumsum(-1)
+    u = (uniforms * cdf[:, -1]).unsqueeze(-1)
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_max(probs.shape[-1] - 1)
+
+
+@torch.inference_mode()
+def stream(
+    model: RAR,
+    labels: Tensor,
+    orders: Tensor,
+    config: SamplingConfig,
+    seed: int = 0,
+) -> Iterator[StepEvent]:
+    """Generates one image per row of `orders`, yielding a StepEvent after every step.
+
+    labels (B,) class ids in [0, C); orders (B, L) with orders[b, i] the raster position of
+    step i. Stop at any time by abandoning or closing the iterator: the KV cache is local to
+    the generation and goes with it.
+    """
+    cfg = model.config
+    device = model.lm_head.weight.device
+    B, L = orders.shape
+    if L != cfg.image_seq_len:
+        raise ValueError(f"orders have {L} positions, the model generates {cfg.image_seq_len}")
+    if labels.shape != (B,):
+        raise ValueError(f"labels must have shape ({B},), got {tuple(labels.shape)}")
+    if labels.min() < 0 or labels.max() >= cfg.condition_num_classes:
+        raise ValueError(f"class ids must be in [0, {cfg.condition_num_classes})")
+
+    labels, orders = labels.to(device), orders.to(device)
+    guided = config.guidance_scale != 0
+    if guided:  # rows [0, B) conditional, [B, 2B) unconditional
+        labels = torch.cat([labels, torch.full_like(labels, cfg.null_class)])
+        orders = orders.repeat(2, 1)
+    uniforms = None if config.greedy else draw_uniforms(seed, B, L).to(device)
+    cache = model.new_cache(labels.shape[0])
+    canvas = torch.full((B, L), -1, dtype=torch.long, device=device)
+    rows = torch.arange(B, device=device)
+
+    logits = model.prefill(cache, labels, orders[:, 0])
+    for step in range(L):
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32
+        if guided:
+            cond, uncond = logits[:B], logits[B:]
+            logits = uncond + (cond - uncond) * guidance_scale(config, step, L)
+        logits = filter_logits(logits / config.temperature, config.top_k, config.top_p)
+        probs = F.softmax(logits, dim=-1)
+        tokens = _pick(probs, None if uniforms is None else uniforms[:, step])
+        positions = orders[:B, step]
+        canvas[rows, positions] = tokens
+        yield StepEvent(
+            step=step,
+            num_steps=L,
+            positions=positions.cpu(),
+            tokens=tokens.cpu(),
+            probs=probs.gather(1, tokens[:, None]).squeeze(1).cpu(),
+            entropy=torch.special.entr(probs).sum(-1).cpu(),
+            canvas=canvas.to("cpu", copy=True),
+        )
+        if step + 1 < L:
+            fed = tokens.repeat(2) if guided else tokens
+            logits = model.decode_step(
+                cache, step + 1, fed, orders[:, step], orders[:, step + 1], labels
+            )
+
+
+def generate(
+    model: RAR, labels: Tensor, orders: Tensor, config: SamplingConfig, seed: int = 0
+) -> Tensor:
+    """Runs `stream` to the end; returns the (B, L) tokens by raster position."""
+    event = None
+    for event in stream(model, labels, orders, config, seed):
+        pass
+    assert event is not None
+    return event.canvas
