@@ -84,8 +84,14 @@ class VQGANConfig:
         object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
         if not self.channel_mult or any(m <= 0 for m in self.channel_mult):
             raise ValueError(f"channel_mult must be positive ints, got {self.channel_mult}")
-        for name in ("hidden_channels", "num_channels", "num_res_blocks", "resolution",
-                     "z_channels", "codebook_size"):
+        for name in (
+            "hidden_channels",
+            "num_channels",
+            "num_res_blocks",
+            "resolution",
+            "z_channels",
+            "codebook_size",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"VQGANConfig.{name} must be a positive int, got {value!r}")
@@ -153,20 +159,29 @@ class SamplingConfig:
         return replace(self, **changes)
 
 
-_OFFICIAL = dict(num_attention_heads=16, codebook_size=1024, image_seq_len=256,
-                 condition_num_classes=1000)
+_OFFICIAL = dict(
+    num_attention_heads=16, codebook_size=1024, image_seq_len=256, condition_num_classes=1000
+)
 
 RAR_PRESETS: dict[str, RARConfig] = {
     "rar_b": RARConfig(hidden_size=768, num_hidden_layers=24, intermediate_size=3072, **_OFFICIAL),
     "rar_l": RARConfig(hidden_size=1024, num_hidden_layers=24, intermediate_size=4096, **_OFFICIAL),
-    "rar_xl": RARConfig(hidden_size=1280, num_hidden_layers=32, intermediate_size=5120,
-                        **_OFFICIAL),
-    "rar_xxl": RARConfig(hidden_size=1408, num_hidden_layers=40, intermediate_size=6144,
-                         **_OFFICIAL),
-    # Our offline model: same 16x16 grid, 9 emoji classes, 512 codes.
-    "bundled": RARConfig(hidden_size=256, num_hidden_layers=8, num_attention_heads=8,
-                         intermediate_size=1024, codebook_size=512, image_seq_len=256,
-                         condition_num_classes=9),
+    "rar_xl": RARConfig(
+        hidden_size=1280, num_hidden_layers=32, intermediate_size=5120, **_OFFICIAL
+    ),
+    "rar_xxl": RARConfig(
+        hidden_size=1408, num_hidden_layers=40, intermediate_size=6144, **_OFFICIAL
+    ),
+    # Our offline model: same 16x16 grid, 9 emoji classes, 512 codes; sized for CPU training.
+    "bundled": RARConfig(
+        hidden_size=128,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        intermediate_size=512,
+        codebook_size=512,
+        image_seq_len=256,
+        condition_num_classes=9,
+    ),
 }
 
 # The paper's settings (RAR README / paper Table 7), used as defaults in the UI and CLI.
@@ -181,6 +196,12 @@ SAMPLING_PRESETS: dict[str, SamplingConfig] = {
 VQGAN_PRESETS: dict[str, VQGANConfig] = {
     "maskgit_vqgan_f16_256": VQGANConfig(),
     # 64x64 emoji -> 16x16 tokens (f4), so the bundled model shares the real models' grid.
-    "bundled": VQGANConfig(channel_mult=(1, 2, 2), hidden_channels=64, resolution=64,
-                           z_channels=64, codebook_size=512),
+    "bundled": VQGANConfig(
+        channel_mult=(1, 1, 2),
+        hidden_channels=64,
+        num_res_blocks=1,
+        resolution=64,
+        z_channels=32,
+        codebook_size=512,
+    ),
 }

@@ -191,8 +191,13 @@ class RAR(nn.Module):
         """A KV cache for one whole generation: cls, condition and L - 1 fed-back tokens."""
         ref = self.lm_head.weight
         cfg = self.config
-        shape = (cfg.num_hidden_layers, batch_size, cfg.num_attention_heads,
-                 cfg.image_seq_len + 1, cfg.head_dim)
+        shape = (
+            cfg.num_hidden_layers,
+            batch_size,
+            cfg.num_attention_heads,
+            cfg.image_seq_len + 1,
+            cfg.head_dim,
+        )
         k = torch.zeros(shape, device=device or ref.device, dtype=dtype or ref.dtype)
         return KVCache(k=k, v=torch.zeros_like(k))
 

@@ -9,6 +9,7 @@ out the same whether it is generated alone or next to others.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -137,8 +138,5 @@ def generate(
     model: RAR, labels: Tensor, orders: Tensor, config: SamplingConfig, seed: int = 0
 ) -> Tensor:
     """Runs `stream` to the end; returns the (B, L) tokens by raster position."""
-    event = None
-    for event in stream(model, labels, orders, config, seed):
-        pass
-    assert event is not None
-    return event.canvas
+    (last,) = deque(stream(model, labels, orders, config, seed), maxlen=1)
+    return last.canvas

@@ -131,8 +131,12 @@ class VectorQuantizer(nn.Module):
         flat = z.permute(0, 2, 3, 1).reshape(-1, C)  # (B*h*w, C)
         table = self.embedding.weight
         # |z - e|^2 expanded as the official quantizer computes it, so near-ties break alike.
-        dist = torch.addmm(flat.pow(2).sum(1, keepdim=True) + table.pow(2).sum(1)[None, :],
-                           flat, table.t(), alpha=-2.0)
+        dist = torch.addmm(
+            flat.pow(2).sum(1, keepdim=True) + table.pow(2).sum(1)[None, :],
+            flat,
+            table.t(),
+            alpha=-2.0,
+        )
         return dist.argmin(1).view(B, -1)
 
     def lookup(self, codes: Tensor, grid: tuple[int, int]) -> Tensor:

@@ -46,8 +46,9 @@ def _load_spec(path: Path) -> dict:
 
 
 def _build(model_cls, config, tensors: dict[str, torch.Tensor]) -> torch.nn.Module:
-    state = {k.removeprefix("state_dict."): v for k, v in tensors.items()
-             if k.startswith("state_dict.")}
+    state = {
+        k.removeprefix("state_dict."): v for k, v in tensors.items() if k.startswith("state_dict.")
+    }
     model = model_cls(config).double().eval()
     model.load_state_dict(state, strict=True)
     return model
@@ -101,7 +102,7 @@ def test_rar_kv_cached_steps(rar_case) -> None:
 
 
 def test_rar_greedy_generation(rar_case) -> None:
-    spec, t, model, _ = rar_case
+    _, t, model, _ = rar_case
     keys = [k for k in t if k.startswith("generated.")]
     assert keys, "fixture has no generated.* outputs"
     B, L = t["input_ids"].shape

@@ -1,0 +1,93 @@
+"""A generator, its tokenizer and its classes, ready to stream images in any orders."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .config import SAMPLING_PRESETS, SamplingConfig
+from .hub import load_generator, load_tokenizer
+from .model import RAR
+from .orders import make_order
+from .sampler import StepEvent, stream
+from .vqgan import VQGAN
+
+
+@dataclass
+class Pipeline:
+    name: str
+    generator: RAR
+    tokenizer: VQGAN
+    class_names: tuple[str, ...]
+    sampling: SamplingConfig  # the paper's (or our) defaults for this model
+
+    @property
+    def device(self) -> torch.device:
+        return self.generator.lm_head.weight.device
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        side = self.generator.config.grid_size
+        return side, side
+
+    def class_id(self, query: str | int) -> int:
+        """A class by id ("207", 207) or by name, case-insensitive: exact, then the unique
+        class whose comma-separated synonyms include it, then a unique substring match."""
+        n = len(self.class_names)
+        if isinstance(query, int) or str(query).strip().isdigit():
+            idx = int(query)
+            if not 0 <= idx < n:
+                raise ValueError(f"class id {idx} is out of range: {self.name} has 0-{n - 1}")
+            return idx
+        text = str(query).strip().lower()
+        if not text:
+            raise ValueError("no class given")
+        names = [c.lower() for c in self.class_names]
+        for match in (
+            lambda c: c == text,
+            lambda c: text in (s.strip() for s in c.split(",")),
+            lambda c: text in c,
+        ):
+            hits = [i for i, c in enumerate(names) if match(c)]
+            if len(hits) == 1:
+                return hits[0]
+            if len(hits) > 1:
+                shown = "; ".join(self.class_names[i] for i in hits[:5])
+                raise ValueError(f"class {query!r} is ambiguous: {shown}")
+        raise ValueError(f"unknown class {query!r} for {self.name}")
+
+    def orders(self, names: Sequence[str], seed: int) -> Tensor:
+        """(B, L) orders, one row per name; "random" is drawn from `seed`."""
+        if not names:
+            raise ValueError("choose at least one generation order")
+        return torch.stack([make_order(n, *self.grid, seed=seed) for n in names])
+
+    def stream(
+        self,
+        class_id: int,
+        order_names: Sequence[str],
+        seed: int,
+        sampling: SamplingConfig | None = None,
+    ) -> Iterator[StepEvent]:
+        """One panel per order, same class and seed, generated in one batch."""
+        orders = self.orders(order_names, seed)
+        labels = torch.full((len(orders),), class_id, dtype=torch.long)
+        return stream(self.generator, labels, orders, sampling or self.sampling, seed)
+
+    @torch.inference_mode()
+    def decode(self, canvas: Tensor) -> Tensor:
+        """(B, L) tokens (-1 where unknown, drawn as token 0) -> (B, 3, H, W) in [0, 1], CPU."""
+        codes = canvas.clamp_min(0).to(self.device)
+        return self.tokenizer.decode(codes).float().cpu()
+
+
+def load_pipeline(
+    name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> Pipeline:
+    generator, classes = load_generator(name, device=device, dtype=dtype)
+    # The tokenizer is small and its decode is precision-sensitive: keep it in fp32.
+    tokenizer = load_tokenizer(name, device=device)
+    return Pipeline(name, generator, tokenizer, classes, SAMPLING_PRESETS[name])

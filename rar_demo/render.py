@@ -1,0 +1,122 @@
+"""From tokens to pictures: partial-canvas frames, side-by-side sheets, animations, plots.
+
+Nothing here knows about logits or the UI: frames are built from a StepEvent's canvas (tokens
+by raster position, -1 where not generated yet) and decoded pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
+
+from .vqgan import VQGAN
+
+HIGHLIGHT = (255, 64, 160)  # the newest token's outline
+
+
+def to_uint8(images: Tensor) -> np.ndarray:
+    """(B, 3, H, W) floats in [0, 1] -> (B, H, W, 3) uint8."""
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+@torch.inference_mode()
+def code_patches(tokenizer: VQGAN) -> Tensor:
+    """(V, 3, ph, pw): what each code looks like on its own, for cheap preview frames.
+
+    Decodes a few images that each hold many different codes (every code once), rather than
+    one image per code, so building the table costs ceil(V / N) decodes.
+    """
+    V, (h, w) = tokenizer.config.codebook_size, tokenizer.grid
+    N = h * w
+    device = tokenizer.quantize.embedding.weight.device
+    codes = torch.arange(-(-V // N) * N, device=device) % V
+    pixels = torch.cat([tokenizer.decode(c[None]) for c in codes.view(-1, N)])  # (n, 3, H, W)
+    ph, pw = pixels.shape[-2] // h, pixels.shape[-1] // w
+    patches = pixels.view(-1, 3, h, ph, w, pw).permute(0, 2, 4, 1, 3, 5)  # (n, h, w, 3, ph, pw)
+    return patches.reshape(-1, 3, ph, pw)[:V].float().cpu()
+
+
+def preview(canvas: Tensor, patches: Tensor, grid: tuple[int, int]) -> Tensor:
+    """(B, L) tokens -> (B, 3, H, W) by pasting each code's patch: no decoder run."""
+    h, w = grid
+    B = canvas.shape[0]
+    tiles = patches[canvas.clamp_min(0)]  # (B, L, 3, ph, pw)
+    ph, pw = tiles.shape[-2:]
+    return tiles.view(B, h, w, 3, ph, pw).permute(0, 3, 1, 4, 2, 5).reshape(B, 3, h * ph, w * pw)
+
+
+def mark_progress(
+    images: Tensor, canvas: Tensor, newest: Tensor | None, grid: tuple[int, int]
+) -> np.ndarray:
+    """Dims and hatches cells not generated yet and outlines the newest cell.
+
+    images (B, 3, H, W) in [0, 1]; canvas (B, L); newest (B,) raster positions or None.
+    Returns (B, H, W, 3) uint8.
+    """
+    B, _, H, W = images.shape
+    h, w = grid
+    ph, pw = H // h, W // w
+    pending = (canvas < 0).view(B, h, w)
+    pending = pending.repeat_interleave(ph, 1).repeat_interleave(pw, 2)  # (B, H, W)
+    ys, xs = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    hatch = ((ys + xs) // max(2, ph // 2)) % 2 == 0  # diagonal stripes
+    grey = torch.where(hatch, 0.80, 0.88)
+    out = torch.where(pending[:, None], 0.25 * images + 0.75 * grey, images)
+    frames = to_uint8(out)
+    if newest is not None:
+        for b, pos in enumerate(newest.tolist()):
+            r, c = divmod(pos, w)
+            y0, x0, y1, x1 = r * ph, c * pw, (r + 1) * ph - 1, (c + 1) * pw - 1
+            frames[b, y0 : y1 + 1, [x0, x1]] = HIGHLIGHT
+            frames[b, [y0, y1], x0 : x1 + 1] = HIGHLIGHT
+    return frames
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.truetype("DejaVuSans.ttf", size)
+    except OSError:
+        return ImageFont.load_default()
+
+
+def sheet(
+    panels: Sequence[np.ndarray], captions: Sequence[str], scale: int = 1, footer: str | None = None
+) -> Image.Image:
+    """Panels side by side, each with a caption above; an optional footer line below."""
+    tiles = [
+        Image.fromarray(p).resize((p.shape[1] * scale, p.shape[0] * scale), Image.NEAREST)
+        for p in panels
+    ]
+    tw, th = tiles[0].size
+    pad, cap = 8, 22
+    out = Image.new(
+        "RGB", (len(tiles) * (tw + pad) + pad, th + cap + pad + (cap if footer else 0)), "white"
+    )
+    draw = ImageDraw.Draw(out)
+    font = _font(14)
+    for i, (tile, text) in enumerate(zip(tiles, captions, strict=True)):
+        x = pad + i * (tw + pad)
+        out.paste(tile, (x, cap))
+        draw.text((x, 3), text, fill="black", font=font)
+    if footer:
+        draw.text((pad, cap + th + 4), footer, fill="black", font=font)
+    return out
+
+
+def save_animation(
+    frames: Sequence[Image.Image], path: Path | str, fps: float = 25.0, hold_last_s: float = 1.5
+) -> Path:
+    """Writes a looping GIF or WebP (by suffix); the last frame is held for a moment."""
+    path = Path(path)
+    ms = max(20, round(1000 / fps))
+    durations = [ms] * (len(frames) - 1) + [max(ms, round(hold_last_s * 1000))]
+    kwargs = {"lossless": True} if path.suffix.lower() == ".webp" else {"optimize": False}
+    frames[0].save(
+        path, save_all=True, append_images=list(frames[1:]), duration=durations, loop=0, **kwargs
+    )
+    return path

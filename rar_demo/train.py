@@ -1,0 +1,305 @@
+"""Training for the bundled offline model: the MaskGIT-VQGAN tokenizer, then RAR on its tokens.
+
+    python -m rar_demo.train tokenizer --out runs/tokenizer --steps 3000
+    python -m rar_demo.train generator --tokenizer runs/tokenizer --out runs/generator --steps 3000
+
+Both run on CUDA when present, else CPU; both checkpoint to OUT/ckpt.pt every --save-every
+steps and resume from it; progress goes to stdout and OUT/log.jsonl as JSON lines.
+
+The generator follows the RAR recipe (paper, Sec. 3 and 4.1): each sample is permuted to a
+random order with probability r, r = 1 for the first half of training and then annealed
+linearly to 0 by three quarters (the official 125k/187.5k of 250k steps), the class label is
+dropped 10% of the time for classifier-free guidance, AdamW with cosine LR after warmup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .config import RAR_PRESETS, VQGAN_PRESETS, RARConfig, VQGANConfig
+from .data import CACHE_PATH, EmojiDataset, load_or_build
+from .model import RAR
+from .vqgan import VQGAN
+
+LABEL_DROP = 0.1
+COMMITMENT = 0.25
+
+
+def random_ratio(step: int, total: int) -> float:
+    """Probability of a random order: 1 until 50% of training, then linear to 0 at 75%."""
+    start, end = 0.5 * total, 0.75 * total
+    return float(np.clip((end - step) / (end - start), 0.0, 1.0))
+
+
+def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def sample_orders(batch: int, length: int, ratio: float, gen: torch.Generator) -> Tensor:
+    """(B, L) orders: each row a random permutation with probability `ratio`, else raster."""
+    orders = torch.arange(length).repeat(batch, 1)
+    for row in torch.nonzero(torch.rand(batch, generator=gen) < ratio).flatten():
+        orders[row] = torch.randperm(length, generator=gen)
+    return orders
+
+
+def rar_loss(model: RAR, tokens: Tensor, labels: Tensor, orders: Tensor) -> Tensor:
+    logits = model(tokens, labels, orders)[:, :-1]  # (B, L, V); the last row has no target
+    targets = tokens.gather(1, orders)
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+def vq_forward(model: VQGAN, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Reconstruction with a straight-through quantizer: (recon, codebook+commit loss, codes)."""
+    z = model.encoder(images)
+    codes = model.quantize.codes(z)
+    zq = model.quantize.lookup(codes, z.shape[-2:])
+    vq_loss = F.mse_loss(zq, z.detach()) + COMMITMENT * F.mse_loss(z, zq.detach())
+    zq = z + (zq - z).detach()
+    return model.decoder(zq), vq_loss, codes
+
+
+def random_crop(images: Tensor, size: int, gen: torch.Generator) -> Tensor:
+    """One random crop and flip for the whole batch: the tokenizer is fully convolutional, so
+    small crops train the same weights at a fraction of the cost."""
+    H, W = images.shape[-2:]
+    top, left = (torch.randint(0, n - size + 1, (1,), generator=gen).item() for n in (H, W))
+    crop = images[..., top : top + size, left : left + size]
+    return crop.flip(-1) if torch.rand(1, generator=gen).item() < 0.5 else crop
+
+
+def psnr(a: Tensor, b: Tensor) -> Tensor:
+    """Per-image PSNR in dB for pixels in [0, 1]."""
+    mse = (a - b).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return -10 * torch.log10(mse)
+
+
+def to_tensor(images: np.ndarray) -> Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0  # (N, 3, H, W)
+
+
+def batches(n: int, batch: int, gen: torch.Generator) -> Iterator[Tensor]:
+    while True:
+        perm = torch.randperm(n, generator=gen)
+        for i in range(0, n - batch + 1, batch):
+            yield perm[i : i + batch]
+
+
+class Run:
+    """Checkpointing and logging for one training run in its own folder."""
+
+    def __init__(self, out: Path, args: argparse.Namespace) -> None:
+        self.out = out
+        out.mkdir(parents=True, exist_ok=True)
+        self.ckpt = out / "ckpt.pt"
+        self.args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+        self.t0 = time.time()
+
+    def resume(self, model: torch.nn.Module, opt: torch.optim.Optimizer) -> int:
+        if not self.ckpt.exists():
+            return 0
+        state = torch.load(self.ckpt, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        self.log({"event": "resumed", "step": state["step"]})
+        return state["step"]
+
+    def save(
+        self, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, config: dict
+    ) -> None:
+        state = {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "step": step,
+            "config": config,
+            "args": self.args,
+        }
+        tmp = self.ckpt.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.ckpt)
+
+    def log(self, record: dict) -> None:
+        record = {"t": round(time.time() - self.t0, 1), **record}
+        line = json.dumps(record)
+        print(line, flush=True)
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(line + "\n")
+
+
+def load_checkpoint(folder: Path) -> tuple[dict, dict]:
+    """(config dict, model state dict) of a training run's latest checkpoint."""
+    state = torch.load(Path(folder) / "ckpt.pt", map_location="cpu", weights_only=True)
+    return state["config"], state["model"]
+
+
+def load_tokenizer(folder: Path, device: str = "cpu") -> VQGAN:
+    config, weights = load_checkpoint(folder)
+    model = VQGAN(VQGANConfig.from_dict(config))
+    model.load_state_dict(weights)
+    return model.to(device).eval()
+
+
+def train_tokenizer(args: argparse.Namespace) -> None:
+    device = args.device
+    data = load_or_build(args.data)
+    train, heldout = data.train(), data.heldout_split()
+    images = to_tensor(train.images).to(device)
+    test_images = to_tensor(heldout.images).to(device)
+    config = VQGAN_PRESETS[args.preset]
+    torch.manual_seed(args.seed)
+    model = VQGAN(config).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=1e-4)
+    run = Run(args.out, args)
+    start = run.resume(model, opt)
+    gen = torch.Generator().manual_seed(args.seed + start)
+    usage = torch.zeros(config.codebook_size, device=device)
+    batch_iter = batches(len(images), args.batch_size, gen)
+    for step in range(start, args.steps):
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
+        x = random_crop(images[next(batch_iter).to(device)], args.crop, gen)
+        recon, vq_loss, codes = vq_forward(model, x)
+        rec_loss = F.mse_loss(recon, x) + 0.1 * F.l1_loss(recon, x)
+        loss = rec_loss + vq_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        usage.mul_(0.99).index_add_(0, codes.flatten(), torch.ones(codes.numel(), device=device))
+        if (step + 1) % args.restart_every == 0 and step + 1 < 0.8 * args.steps:
+            restarted = restart_dead_codes(model, x, usage, gen)
+            run.log({"step": step + 1, "restarted_codes": restarted})
+        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
+            with torch.no_grad():
+                rec = model.decode(model.encode(test_images[:256]))
+            run.log(
+                {
+                    "step": step + 1,
+                    "loss": round(loss.item(), 5),
+                    "heldout_psnr": round(psnr(rec, test_images[:256]).mean().item(), 2),
+                    "codes_in_use": int((usage > 1e-3).sum()),
+                    "lr": opt.param_groups[0]["lr"],
+                }
+            )
+        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+            run.save(model, opt, step + 1, config.to_dict())
+
+
+@torch.no_grad()
+def restart_dead_codes(model: VQGAN, images: Tensor, usage: Tensor, gen: torch.Generator) -> int:
+    """Moves codebook entries nobody picks onto random encoder outputs (keeps usage high)."""
+    dead = torch.nonzero(usage < 1e-3).flatten()
+    if not len(dead):
+        return 0
+    z = model.encoder(images).permute(0, 2, 3, 1).flatten(0, 2)  # (B*h*w, C)
+    pick = torch.randint(len(z), (len(dead),), generator=gen).to(z.device)
+    model.quantize.embedding.weight[dead] = z[pick]
+    usage[dead] = 1.0
+    return len(dead)
+
+
+@torch.no_grad()
+def tokenize(tokenizer: VQGAN, data: EmojiDataset, flip: bool = False) -> Tensor:
+    images = to_tensor(data.images)
+    if flip:
+        images = images.flip(-1)
+    device = next(tokenizer.parameters()).device
+    return torch.cat([tokenizer.encode(b.to(device)).cpu() for b in images.split(256)])
+
+
+def generator_config(preset: str, num_classes: int, codebook_size: int) -> RARConfig:
+    base = RAR_PRESETS[preset].to_dict()
+    return RARConfig.from_dict(
+        {**base, "condition_num_classes": num_classes, "codebook_size": codebook_size}
+    )
+
+
+def train_generator(args: argparse.Namespace) -> None:
+    device = args.device
+    data = load_or_build(args.data)
+    tokenizer = load_tokenizer(args.tokenizer, device)
+    train = data.train()
+    tokens = tokenize(tokenizer, train)
+    labels = torch.from_numpy(train.labels)
+    config = generator_config(args.preset, len(data.class_names), tokenizer.config.codebook_size)
+    torch.manual_seed(args.seed)
+    model = RAR(config).to(device)
+    # As in the official recipe: no weight decay on norms, biases and embedding tables.
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.03}, {"params": rest, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.96),
+    )
+    run = Run(args.out, args)
+    start = run.resume(model, opt)
+    gen = torch.Generator().manual_seed(args.seed + start)
+    batch_iter = batches(len(tokens), args.batch_size, gen)
+    L = config.image_seq_len
+    for step in range(start, args.steps):
+        lr = learning_rate(step, args.steps, args.lr, args.warmup)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        idx = next(batch_iter)
+        x, y = tokens[idx].to(device), labels[idx].clone()
+        y[torch.rand(len(y), generator=gen) < LABEL_DROP] = config.null_class
+        ratio = random_ratio(step, args.steps)
+        orders = sample_orders(len(idx), L, ratio, gen).to(device)
+        loss = rar_loss(model, x, y.to(device), orders)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
+            run.log(
+                {"step": step + 1, "loss": round(loss.item(), 4), "random_ratio": ratio, "lr": lr}
+            )
+        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+            run.save(model, opt, step + 1, config.to_dict())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m rar_demo.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="what", required=True)
+    for name, steps, lr, batch in (("tokenizer", 3000, 1e-3, 32), ("generator", 3000, 1e-3, 64)):
+        p = sub.add_parser(name)
+        p.add_argument("--out", type=Path, required=True)
+        p.add_argument("--preset", default="bundled")
+        p.add_argument("--data", type=Path, default=CACHE_PATH)
+        p.add_argument("--steps", type=int, default=steps)
+        p.add_argument("--batch-size", type=int, default=batch)
+        p.add_argument("--lr", type=float, default=lr)
+        p.add_argument("--warmup", type=int, default=100)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--log-every", type=int, default=50)
+        p.add_argument("--save-every", type=int, default=250)
+        p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+        if name == "tokenizer":
+            p.add_argument("--restart-every", type=int, default=200)
+            p.add_argument("--crop", type=int, default=32)
+        else:
+            p.add_argument("--tokenizer", type=Path, required=True)
+    args = parser.parse_args(argv)
+    torch.set_float32_matmul_precision("high")
+    (train_tokenizer if args.what == "tokenizer" else train_generator)(args)
+
+
+if __name__ == "__main__":
+    main()
