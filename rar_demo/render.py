@@ -108,6 +108,16 @@ def sheet(
     return out
 
 
+def stack(images: Sequence[Image.Image]) -> Image.Image:
+    """Images one above the other, left-aligned."""
+    out = Image.new("RGB", (max(i.width for i in images), sum(i.height for i in images)), "white")
+    y = 0
+    for image in images:
+        out.paste(image, (0, y))
+        y += image.height
+    return out
+
+
 def save_animation(
     frames: Sequence[Image.Image], path: Path | str, fps: float = 25.0, hold_last_s: float = 1.5
 ) -> Path:

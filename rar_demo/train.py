@@ -28,6 +28,7 @@ from torch import Tensor
 
 from .config import RAR_PRESETS, VQGAN_PRESETS, RARConfig, VQGANConfig
 from .data import CACHE_PATH, EmojiDataset, load_or_build
+from .hub import save_bundled
 from .model import RAR
 from .vqgan import VQGAN
 
@@ -271,6 +272,19 @@ def train_generator(args: argparse.Namespace) -> None:
             run.save(model, opt, step + 1, config.to_dict())
 
 
+def export(args: argparse.Namespace) -> None:
+    """Writes the bundled weights (fp16 safetensors, config and classes in the metadata)."""
+    tokenizer = load_tokenizer(args.tokenizer)
+    config, weights = load_checkpoint(args.generator)
+    generator = RAR(RARConfig.from_dict(config))
+    generator.load_state_dict(weights)
+    classes = list(load_or_build(args.data).class_names)
+    save_bundled(tokenizer, args.out / "tokenizer.safetensors")
+    save_bundled(generator, args.out / "generator.safetensors", class_names=classes)
+    sizes = {p.name: p.stat().st_size for p in args.out.glob("*.safetensors")}
+    print(json.dumps({"exported": str(args.out), "bytes": sizes}))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m rar_demo.train",
@@ -296,9 +310,14 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--crop", type=int, default=32)
         else:
             p.add_argument("--tokenizer", type=Path, required=True)
+    p = sub.add_parser("export", help="write the trained runs into assets/bundled")
+    p.add_argument("--tokenizer", type=Path, required=True)
+    p.add_argument("--generator", type=Path, required=True)
+    p.add_argument("--data", type=Path, default=CACHE_PATH)
+    p.add_argument("--out", type=Path, default=Path("assets/bundled"))
     args = parser.parse_args(argv)
     torch.set_float32_matmul_precision("high")
-    (train_tokenizer if args.what == "tokenizer" else train_generator)(args)
+    {"tokenizer": train_tokenizer, "generator": train_generator, "export": export}[args.what](args)
 
 
 if __name__ == "__main__":
