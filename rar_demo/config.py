@@ -82,7 +82,9 @@ class VQGANConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
-        if not self.channel_mult or any(m <= 0 for m in self.channel_mult):
+        if not self.channel_mult or any(
+            not isinstance(m, int) or m <= 0 for m in self.channel_mult
+        ):
             raise ValueError(f"channel_mult must be positive ints, got {self.channel_mult}")
         for name in (
             "hidden_channels",
@@ -95,8 +97,9 @@ class VQGANConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"VQGANConfig.{name} must be a positive int, got {value!r}")
-        # GroupNorm(32) runs on every feature map.
-        for m in self.channel_mult:
+        # GroupNorm(32) runs on every feature map, including the encoder's conv_in output
+        # (hidden_channels wide, i.e. multiplier 1) that the first down block normalises.
+        for m in (1, *self.channel_mult):
             if (self.hidden_channels * m) % 32:
                 raise ValueError(
                     f"hidden_channels * channel_mult ({self.hidden_channels} * {m}) "

@@ -65,6 +65,11 @@ def _hub_resolves() -> bool:
     return True
 
 
+def _offline_requested() -> bool:
+    # Parsed like huggingface_hub does: "0", "false" or "" mean online, not offline.
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
 def fetch(checkpoint: Checkpoint) -> Path:
     """Local path of an official file, downloading it (with a progress bar) if needed."""
     repo, name = checkpoint.repo_id, checkpoint.filename
@@ -72,7 +77,7 @@ def fetch(checkpoint: Checkpoint) -> Path:
         return Path(hf_hub_download(repo, name, local_files_only=True))
     except LocalEntryNotFoundError:
         pass
-    offline = bool(os.environ.get("HF_HUB_OFFLINE")) or not _hub_resolves()
+    offline = _offline_requested() or not _hub_resolves()
     try:
         if offline:
             raise LocalEntryNotFoundError("the Hub cannot be reached from here")

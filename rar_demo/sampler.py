@@ -92,6 +92,14 @@ def stream(
     B, L = orders.shape
     if L != cfg.image_seq_len:
         raise ValueError(f"orders have {L} positions, the model generates {cfg.image_seq_len}")
+    # A repeated or out-of-range position would silently leave cells unfilled (-1) or index
+    # past the canvas; every row must visit each raster position exactly once.
+    if orders.dtype.is_floating_point or orders.dtype.is_complex or orders.dtype == torch.bool:
+        raise ValueError(f"orders must hold integer positions, got dtype {orders.dtype}")
+    if not torch.equal(
+        orders.sort(dim=1).values, torch.arange(L, device=orders.device).expand_as(orders)
+    ):
+        raise ValueError(f"every row of orders must be a permutation of range({L})")
     if labels.shape != (B,):
         raise ValueError(f"labels must have shape ({B},), got {tuple(labels.shape)}")
     if labels.min() < 0 or labels.max() >= cfg.condition_num_classes:
