@@ -15,8 +15,8 @@ from rar_demo.model import RAR
 from rar_demo.train import (
     learning_rate,
     main,
-    rar_loss,
     random_ratio,
+    rar_loss,
     sample_orders,
     vq_forward,
 )
