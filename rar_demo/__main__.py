@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from .backends import BACKENDS
 from .config import SamplingConfig
 from .hub import MODEL_NAMES, WeightsUnavailable
 from .orders import ORDER_NAMES
@@ -30,7 +31,7 @@ def _sampling(pipe: Pipeline, args: argparse.Namespace) -> SamplingConfig:
 
 
 def generate(args: argparse.Namespace) -> None:
-    pipe = load_pipeline(args.model, device=args.device)
+    pipe = load_pipeline(args.model, device=args.device, backend=args.backend, int8=args.int8)
     class_id = pipe.class_id(args.class_)
     orders = args.order or ["raster"]
     sampling = _sampling(pipe, args)
@@ -88,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--greedy", action="store_true", help="always take the likeliest token")
     gen.add_argument("--scale", type=int, default=None, help="pixel upscaling of the sheet")
     gen.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    gen.add_argument(
+        "--backend",
+        default="torch",
+        choices=BACKENDS,
+        help="onnx: run an ONNX export with ONNX Runtime (exported on first use, then cached)",
+    )
+    gen.add_argument("--int8", action="store_true", help="onnx backend: int8 decode-step weights")
     args = parser.parse_args(argv)
     if args.scale is None:
         args.scale = 4 if args.model == "bundled" else 1

@@ -13,7 +13,12 @@ what lets one network generate in any order. adaLN conditioning at slot j is
 embed(condition) + timesteps_embeddings[j].
 
 Two paths: `forward` (teacher forcing, for training and parity) and `prefill` +
-`decode_step` against a preallocated, static-shape `KVCache` (for sampling).
+`decode_step` against a preallocated, static-shape `KVCache` (for sampling). Decoding computes
+each step's adaLN modulation from the weights, as the official model does, unless the cache holds
+a `Modulation` table (`precompute_modulation`): the modulation depends only on (class, slot), and
+its weights are a third of the model, so the fast path computes it for every slot in one GEMM.
+`step` leaves the cache untouched and returns the new keys and values, so the same code exports
+to ONNX with the cache as plain inputs.
 """
 
 from __future__ import annotations
@@ -31,11 +36,24 @@ LN_EPS = 1e-6
 
 
 @dataclass
+class Modulation:
+    """The adaLN outputs of one generation for every slot, computed before decoding."""
+
+    table: Tensor  # (T, U, M): slot, distinct label, every block's 6D outputs then the head's 2D
+    rows: Tensor  # (B,) each sample's row in U
+
+    def at(self, slots: Tensor) -> Tensor:
+        """(N,) slots -> (B, N, M)."""
+        return self.table[slots][:, self.rows].transpose(0, 1)
+
+
+@dataclass
 class KVCache:
     """Keys and values of every layer for a whole generation, allocated once."""
 
     k: Tensor  # (layers, B, H, T, head_dim)
     v: Tensor  # (layers, B, H, T, head_dim)
+    modulation: Modulation | None = None  # None: decoding computes the adaLN outputs per step
 
     @property
     def batch_size(self) -> int:
@@ -44,6 +62,25 @@ class KVCache:
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale) + shift
+
+
+def attend_with_cache(
+    q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, start: Tensor
+) -> Tensor:
+    """Attention of N new tokens at slots start, start + 1, ... over the cached slots before
+    `start` and, causally, each other; the cache (B, H, T, hd) is only read.
+
+    One softmax over [cache scores, own scores] equals attention over the written cache, without
+    first copying the new keys into it (a copy of the whole cache in an ONNX graph).
+    """
+    T, N = k_cache.shape[2], q.shape[2]
+    scale = q.shape[-1] ** -0.5
+    past = (q @ k_cache.transpose(-2, -1)) * scale  # (B, H, N, T)
+    past = past.masked_fill(torch.arange(T, device=q.device) >= start, float("-inf"))
+    own = (q @ k.transpose(-2, -1)) * scale  # (B, H, N, N)
+    future = torch.ones(N, N, dtype=torch.bool, device=q.device).triu(1)
+    weights = torch.cat([past, own.masked_fill(future, float("-inf"))], dim=-1).softmax(-1)
+    return weights[..., :T] @ v_cache + weights[..., T:] @ v  # (B, H, N, hd)
 
 
 class Attention(nn.Module):
@@ -58,7 +95,9 @@ class Attention(nn.Module):
 
     def forward(
         self, x: Tensor, cache: tuple[Tensor, Tensor] | None = None, input_pos: Tensor | None = None
-    ) -> Tensor:
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Returns the output and this call's keys and values (B, H, N, hd), which the caller
+        stores in the cache (read-only here) at slots input_pos."""
         B, N, D = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, N, hd)
@@ -66,15 +105,9 @@ class Attention(nn.Module):
         if cache is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
-            k_cache, v_cache = cache  # (B, H, T, hd)
-            k_cache.index_copy_(2, input_pos, k)
-            v_cache.index_copy_(2, input_pos, v)
-            # Attend over the whole static cache, masking slots not yet written.
-            slots = torch.arange(k_cache.shape[2], device=x.device)
-            mask = slots[None, :] <= input_pos[:, None]  # (N, T)
-            out = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask)
+            out = attend_with_cache(q, k, v, *cache, input_pos[0])
         out = out.transpose(1, 2).reshape(B, N, D)
-        return self.proj(out)
+        return self.proj(out), k, v
 
 
 class MLP(nn.Module):
@@ -102,13 +135,15 @@ class Block(nn.Module):
     def forward(
         self,
         x: Tensor,
-        c: Tensor,
+        mod: Tensor,
         cache: tuple[Tensor, Tensor] | None = None,
         input_pos: Tensor | None = None,
-    ) -> Tensor:
-        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c).chunk(6, -1)
-        x = x + gate_a * self.attn(modulate(self.norm1(x), shift_a, scale_a), cache, input_pos)
-        return x + gate_m * self.mlp(modulate(self.norm2(x), shift_m, scale_m))
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """mod: this block's adaLN output (..., 6D). Returns x and the attention's keys, values."""
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mod.chunk(6, -1)
+        h, k, v = self.attn(modulate(self.norm1(x), shift_a, scale_a), cache, input_pos)
+        x = x + gate_a * h
+        return x + gate_m * self.mlp(modulate(self.norm2(x), shift_m, scale_m)), k, v
 
 
 class FinalLayer(nn.Module):
@@ -118,8 +153,8 @@ class FinalLayer(nn.Module):
         self.norm_final = nn.LayerNorm(D, elementwise_affine=False, eps=LN_EPS)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 2 * D))
 
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        scale, shift = self.adaLN_modulation(c).chunk(2, -1)  # scale first, as in the checkpoints
+    def forward(self, x: Tensor, mod: Tensor) -> Tensor:
+        scale, shift = mod.chunk(2, -1)  # scale first, as in the checkpoints
         return modulate(self.norm_final(x), shift, scale)
 
 
@@ -156,12 +191,22 @@ class RAR(nn.Module):
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
 
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
     def condition(self, labels: Tensor) -> Tensor:
         """(B,) class labels in [0, C], C meaning unconditional -> (B, D) embeddings."""
         return self.embeddings(labels + self.config.codebook_size + 1)
 
-    def _head(self, x: Tensor, c: Tensor) -> Tensor:
-        return self.lm_head(self.adaln_before_head(x, c))
+    def modulation(self, c: Tensor) -> list[Tensor]:
+        """(..., D) conditioning -> the adaLN outputs of every block (..., 6D), then the head's."""
+        return [m.adaLN_modulation(c) for m in (*self.blocks, self.adaln_before_head)]
+
+    def split_modulation(self, mod: Tensor) -> list[Tensor]:
+        """(..., M) rows of a `Modulation` table -> `modulation`'s list (views)."""
+        D = self.config.hidden_size
+        return list(mod.split([6 * D] * len(self.blocks) + [2 * D], dim=-1))
 
     def forward(self, tokens: Tensor, labels: Tensor, orders: Tensor) -> Tensor:
         """Teacher-forced logits for the RAR training objective.
@@ -179,9 +224,10 @@ class RAR(nn.Module):
         none = x.new_zeros(B, 1, x.shape[-1])
         x = x + torch.cat([none, target[PREFIX + orders], none], dim=1)  # (B, L + 2, D)
         c = cond[:, None] + self.timesteps_embeddings[:, : L + PREFIX]  # (B, L + 2, D)
-        for block in self.blocks:
-            x = block(x, c)
-        return self._head(x[:, 1:], c[:, 1:])
+        mods = self.modulation(c)
+        for block, mod in zip(self.blocks, mods[:-1], strict=True):
+            x, _, _ = block(x, mod)
+        return self.lm_head(self.adaln_before_head(x[:, 1:], mods[-1][:, 1:]))
 
     # --- incremental decoding -------------------------------------------------------------
 
@@ -201,22 +247,53 @@ class RAR(nn.Module):
         k = torch.zeros(shape, device=device or ref.device, dtype=dtype or ref.dtype)
         return KVCache(k=k, v=torch.zeros_like(k))
 
-    def _decode(self, x: Tensor, c: Tensor, cache: KVCache, input_pos: Tensor) -> Tensor:
+    def modulation_table(self, labels: Tensor) -> Tensor:
+        """(U,) labels -> (T, U, M) adaLN outputs for every slot a generation uses."""
+        T = self.config.image_seq_len + 1
+        c = self.condition(labels)[None] + self.timesteps_embeddings[0, :T, None]  # (T, U, D)
+        return torch.cat(self.modulation(c), dim=-1)
+
+    def precompute_modulation(self, labels: Tensor) -> Modulation:
+        """The fast path's table for (B,) labels; CFG batches hold two distinct labels."""
+        distinct, rows = labels.unique(return_inverse=True)
+        return Modulation(self.modulation_table(distinct), rows)
+
+    def step(
+        self, x: Tensor, mods: list[Tensor], k_cache: Tensor, v_cache: Tensor, input_pos: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The transformer on new tokens x (B, N, D) at slots input_pos (N,) with adaLN outputs
+        `mods`, against a cache (layers, B, H, T, hd) holding the slots before input_pos[0].
+
+        Returns the (B, V) logits of the last token and the new (layers, B, H, N, hd) keys and
+        values, for the caller to store.
+        """
+        ks, vs = [], []
         for i, block in enumerate(self.blocks):
-            x = block(x, c, (cache.k[i], cache.v[i]), input_pos)
-        return self._head(x[:, -1], c[:, -1])  # (B, V)
+            x, k, v = block(x, mods[i], (k_cache[i], v_cache[i]), input_pos)
+            ks.append(k)
+            vs.append(v)
+        logits = self.lm_head(self.adaln_before_head(x[:, -1], mods[-1][:, -1]))
+        return logits, torch.stack(ks), torch.stack(vs)
+
+    def _decode(self, cache: KVCache, x: Tensor, labels: Tensor, slots: Tensor) -> Tensor:
+        if cache.modulation is None:
+            c = self.condition(labels)[:, None] + self.timesteps_embeddings[0, slots]  # (B, N, D)
+            mods = self.modulation(c)
+        else:
+            mods = self.split_modulation(cache.modulation.at(slots))
+        logits, k, v = self.step(x, mods, cache.k, cache.v, slots)
+        cache.k.index_copy_(3, slots, k)
+        cache.v.index_copy_(3, slots, v)
+        return logits
 
     def prefill(self, cache: KVCache, labels: Tensor, first_positions: Tensor) -> Tensor:
         """Writes slots 0 (cls) and 1 (condition); returns the (B, V) logits of step 0."""
         B = labels.shape[0]
         pos, target = self.pos_embed[0], self.target_aware_pos_embed[0]
-        cond = self.condition(labels)
         cls = self.cls_token[0].expand(B, -1) + pos[0]
-        cond_in = cond + pos[1] + target[PREFIX + first_positions]
+        cond_in = self.condition(labels) + pos[1] + target[PREFIX + first_positions]
         x = torch.stack([cls, cond_in], dim=1)  # (B, 2, D)
-        c = cond[:, None] + self.timesteps_embeddings[:, :PREFIX]  # (B, 2, D)
-        input_pos = torch.arange(PREFIX, device=x.device)
-        return self._decode(x, c, cache, input_pos)
+        return self._decode(cache, x, labels, torch.arange(PREFIX, device=x.device))
 
     def decode_step(
         self,
@@ -234,7 +311,5 @@ class RAR(nn.Module):
         """
         pos, target = self.pos_embed[0], self.target_aware_pos_embed[0]
         x = self.embeddings(tokens) + pos[PREFIX + positions] + target[PREFIX + next_positions]
-        slot = step + 1
-        c = self.condition(labels) + self.timesteps_embeddings[0, slot]
-        input_pos = torch.tensor([slot], device=x.device)
-        return self._decode(x[:, None], c[:, None], cache, input_pos)
+        slot = torch.tensor([step + 1], device=x.device)
+        return self._decode(cache, x[:, None], labels, slot)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from .backends import BACKENDS, Executor, TorchExecutor
 from .config import SAMPLING_PRESETS, SamplingConfig
 from .hub import load_generator, load_tokenizer
 from .model import RAR
@@ -23,10 +24,18 @@ class Pipeline:
     tokenizer: VQGAN
     class_names: tuple[str, ...]
     sampling: SamplingConfig  # the paper's (or our) defaults for this model
+    # What samples and decodes: by default the torch modules above (fast path), or their ONNX
+    # export run by ONNX Runtime (see load_pipeline).
+    executor: Executor | None = None
+    decoder: Callable[[Tensor], Tensor] | None = None  # (B, N) codes -> (B, 3, H, W) pixels
+
+    def __post_init__(self) -> None:
+        self.executor = self.executor or TorchExecutor(self.generator)
+        self.decoder = self.decoder or self.tokenizer.decode
 
     @property
     def device(self) -> torch.device:
-        return self.generator.lm_head.weight.device
+        return self.executor.device
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -75,19 +84,40 @@ class Pipeline:
         """One panel per order, same class and seed, generated in one batch."""
         orders = self.orders(order_names, seed)
         labels = torch.full((len(orders),), class_id, dtype=torch.long)
-        return stream(self.generator, labels, orders, sampling or self.sampling, seed)
+        return stream(self.executor, labels, orders, sampling or self.sampling, seed)
 
     @torch.inference_mode()
     def decode(self, canvas: Tensor) -> Tensor:
         """(B, L) tokens (-1 where unknown, drawn as token 0) -> (B, 3, H, W) in [0, 1], CPU."""
         codes = canvas.clamp_min(0).to(self.device)
-        return self.tokenizer.decode(codes).float().cpu()
+        return self.decoder(codes).float().cpu()
 
 
 def load_pipeline(
-    name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    name: str,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    backend: str = "torch",
+    int8: bool = False,
 ) -> Pipeline:
+    """backend "onnx" runs an fp32 (or, with int8, a quantized) ONNX export of the weights,
+    exported on first use and cached; ONNX Runtime picks the device (CUDA where present)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "onnx":
+        if dtype != torch.float32:
+            raise ValueError("the onnx backend exports fp32 weights; use int8 to quantize")
+        device = "cpu"  # where the torch weights wait to be exported
+    elif int8:
+        raise ValueError("int8 is offered with the onnx backend only")
     generator, classes = load_generator(name, device=device, dtype=dtype)
     # The tokenizer is small and its decode is precision-sensitive: keep it in fp32.
     tokenizer = load_tokenizer(name, device=device)
-    return Pipeline(name, generator, tokenizer, classes, SAMPLING_PRESETS[name])
+    pipe = Pipeline(name, generator, tokenizer, classes, SAMPLING_PRESETS[name])
+    if backend == "onnx":
+        from .backends.onnx import OnnxDecoder, OnnxExecutor, ensure_export
+
+        directory = ensure_export(name, generator, tokenizer, int8=int8)
+        pipe.executor = OnnxExecutor(directory, int8=int8)
+        pipe.decoder = OnnxDecoder(directory).decode
+    return pipe

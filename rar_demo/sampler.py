@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .backends import Executor
 from .config import SamplingConfig
-from .model import RAR
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def _pick(probs: Tensor, uniforms: Tensor | None) -> Tensor:
 
 @torch.inference_mode()
 def stream(
-    model: RAR,
+    model: Executor,
     labels: Tensor,
     orders: Tensor,
     config: SamplingConfig,
@@ -88,7 +88,7 @@ def stream(
     the generation and goes with it.
     """
     cfg = model.config
-    device = model.lm_head.weight.device
+    device = model.device
     B, L = orders.shape
     if L != cfg.image_seq_len:
         raise ValueError(f"orders have {L} positions, the model generates {cfg.image_seq_len}")
@@ -143,7 +143,7 @@ def stream(
 
 
 def generate(
-    model: RAR, labels: Tensor, orders: Tensor, config: SamplingConfig, seed: int = 0
+    model: Executor, labels: Tensor, orders: Tensor, config: SamplingConfig, seed: int = 0
 ) -> Tensor:
     """Runs `stream` to the end; returns the (B, L) tokens by raster position."""
     (last,) = deque(stream(model, labels, orders, config, seed), maxlen=1)

@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from rar_demo.backends import TorchExecutor
 from rar_demo.config import RARConfig, SamplingConfig, VQGANConfig
 from rar_demo.model import RAR
 from rar_demo.sampler import generate
@@ -79,20 +80,23 @@ def test_rar_teacher_forced_logits(rar_case) -> None:
     assert torch.equal(t["input_ids"].gather(1, t["orders"]), t["train_labels"])
 
 
-def test_rar_kv_cached_steps(rar_case) -> None:
+@pytest.mark.parametrize("fast", [False, True], ids=["plain", "fast"])
+def test_rar_kv_cached_steps(rar_case, fast: bool) -> None:
     """Feed the tokens one at a time in each sample's order; every step's logits must match."""
     spec, t, model, labels = rar_case
+    executor = TorchExecutor(model, fast)
     ids, orders = t["input_ids"], t["orders"]
     wanted = {int(k.split(".")[1]): v for k, v in t.items() if k.startswith("step_logits.")}
     assert wanted, "fixture has no step_logits"
     seq = ids.gather(1, orders)  # (B, L) in generation order
-    cache = model.new_cache(ids.shape[0])
+    cache = executor.new_cache(ids.shape[0])
     checked = []
     with torch.no_grad():
-        logits = model.prefill(cache, labels, orders[:, 0])
+        logits = executor.prefill(cache, labels, orders[:, 0])
+        assert (cache.modulation is not None) == fast
         for step in range(max(wanted) + 1):
             if step:
-                logits = model.decode_step(
+                logits = executor.decode_step(
                     cache, step, seq[:, step - 1], orders[:, step - 1], orders[:, step], labels
                 )
             if step in wanted:
@@ -101,8 +105,10 @@ def test_rar_kv_cached_steps(rar_case) -> None:
     assert checked == sorted(wanted)
 
 
-def test_rar_greedy_generation(rar_case) -> None:
+@pytest.mark.parametrize("fast", [False, True], ids=["plain", "fast"])
+def test_rar_greedy_generation(rar_case, fast: bool) -> None:
     _, t, model, _ = rar_case
+    executor = TorchExecutor(model, fast)
     keys = [k for k in t if k.startswith("generated.")]
     assert keys, "fixture has no generated.* outputs"
     B, L = t["input_ids"].shape
@@ -110,7 +116,7 @@ def test_rar_greedy_generation(rar_case) -> None:
     for key in keys:
         scale, power = map(float, re.fullmatch(r"generated\.cfg([\d.]+)_pow([\d.]+)", key).groups())
         config = SamplingConfig(guidance_scale=scale, guidance_power=power, greedy=True)
-        tokens = generate(model, t["class_labels"], raster, config)
+        tokens = generate(executor, t["class_labels"], raster, config)
         assert torch.equal(tokens, t[key]), f"{key}: {(tokens != t[key]).sum()} tokens differ"
 
 

@@ -1,0 +1,350 @@
+"""ONNX export of the generator and the VQGAN decoder, and their ONNX Runtime executors.
+
+An export directory holds:
+
+    modulation.onnx       (U,) labels -> (T, U, M) adaLN table, once per generation
+    decode_step.onnx      one token per sample against a static KV cache (`RAR.step`)
+    decoder.onnx          (B, N) codes -> (B, 3, H, W) pixels
+    *.int8.onnx           dynamically quantized decode_step and decoder (optional)
+    export.json           configs and format version; written last, so it marks a whole export
+
+The decode step reads the cache and returns only the new slot's keys and values; the executor
+writes them into its cache buffers in place, and IO binding hands ONNX Runtime those buffers, so
+no step copies the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from torch import Tensor, nn
+
+from ..config import RARConfig
+from ..model import PREFIX, RAR, KVCache, Modulation
+from ..vqgan import VQGAN
+
+FORMAT = 1  # bump when the graphs' inputs, outputs or semantics change: invalidates caches
+OPSET = 18
+GENERATOR_FILES = ("modulation.onnx", "decode_step.onnx")
+DECODER_FILE = "decoder.onnx"
+QUANTIZED = ("decode_step.onnx", DECODER_FILE)  # the modulation runs once: keep it exact
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "rar_demo" / "onnx"
+
+
+def int8_name(file: str) -> str:
+    return file.removesuffix(".onnx") + ".int8.onnx"
+
+
+# --- export --------------------------------------------------------------------------------
+
+
+class _DecodeStep(nn.Module):
+    """`RAR.step` for one token per sample, with every slot's input as three table rows so that
+    cls (slot 0), condition (slot 1) and image tokens all run through one graph.
+
+    ids index the embeddings with the cls token appended (-1 = cls); target_rows index the
+    target-aware table with a zero row appended (-1 = no target).
+    """
+
+    def __init__(self, model: RAR) -> None:
+        super().__init__()
+        self.model = model
+        table = model.target_aware_pos_embed[0]
+        self.register_buffer("inputs", torch.cat([model.embeddings.weight, model.cls_token[0]]))
+        self.register_buffer("targets", torch.cat([table, table.new_zeros(1, table.shape[1])]))
+
+    def forward(
+        self,
+        ids: Tensor,  # (B,)
+        pos_rows: Tensor,  # (B,)
+        target_rows: Tensor,  # (B,)
+        slot: Tensor,  # (1,)
+        rows: Tensor,  # (B,) each sample's row in the table
+        table: Tensor,  # (T, U, M)
+        k_cache: Tensor,  # (layers, B, H, T, hd)
+        v_cache: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        model = self.model
+        x = self.inputs[ids] + model.pos_embed[0, pos_rows] + self.targets[target_rows]  # (B, D)
+        mods = model.split_modulation(Modulation(table, rows).at(slot))
+        logits, k, v = model.step(x[:, None], mods, k_cache, v_cache, slot)
+        return logits, k[:, :, :, 0], v[:, :, :, 0]  # k, v: (layers, B, H, hd)
+
+
+class _ModulationTable(nn.Module):
+    def __init__(self, model: RAR) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, labels: Tensor) -> Tensor:
+        return self.model.modulation_table(labels)
+
+
+class _Decode(nn.Module):
+    def __init__(self, tokenizer: VQGAN) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+
+    def forward(self, codes: Tensor) -> Tensor:
+        return self.tokenizer.decode(codes)
+
+
+def _export(
+    module: nn.Module, args: tuple[Tensor, ...], path: Path, dynamic: dict[str, dict[int, str]]
+) -> None:
+    names = list(dynamic)
+    n_in = len(args)
+    with warnings.catch_warnings():
+        # The TorchScript exporter (no onnxscript dependency) is deprecated in favour of the
+        # torch.export one; it exports these static graphs fine.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module.eval(),
+            args,
+            str(path),
+            input_names=names[:n_in],
+            output_names=names[n_in:],
+            dynamic_axes=dynamic,
+            opset_version=OPSET,
+            dynamo=False,
+        )
+
+
+def export_generator(model: RAR, out: Path) -> None:
+    """Writes modulation.onnx and decode_step.onnx for `model` (fp32) into `out`."""
+    cfg = model.config
+    B = 2
+    cache = model.new_cache(B, device=torch.device("cpu"))
+    labels = torch.tensor([0, cfg.null_class])
+    table = model.modulation_table(labels)
+    zeros = torch.zeros(B, dtype=torch.long)
+    batch = {0: "batch"}
+    with torch.no_grad():
+        _export(
+            _ModulationTable(model),
+            (labels,),
+            out / "modulation.onnx",
+            {"labels": {0: "labels"}, "table": {1: "labels"}},
+        )
+        _export(
+            _DecodeStep(model),
+            (zeros, zeros, zeros, torch.tensor([2]), torch.arange(B), table, cache.k, cache.v),
+            out / "decode_step.onnx",
+            {
+                "ids": batch,
+                "pos_rows": batch,
+                "target_rows": batch,
+                "slot": {},
+                "rows": batch,
+                "table": {1: "labels"},
+                "k_cache": {1: "batch"},
+                "v_cache": {1: "batch"},
+                "logits": batch,
+                "k": {1: "batch"},
+                "v": {1: "batch"},
+            },
+        )
+
+
+def export_decoder(tokenizer: VQGAN, out: Path) -> None:
+    """Writes decoder.onnx: (B, N) codes -> (B, 3, H, W) pixels in [0, 1]."""
+    codes = torch.zeros(1, tokenizer.config.grid_size**2, dtype=torch.long)
+    with torch.no_grad():
+        _export(
+            _Decode(tokenizer),
+            (codes,),
+            out / DECODER_FILE,
+            {"codes": {0: "batch"}, "pixels": {0: "batch"}},
+        )
+
+
+def quantize(out: Path) -> None:
+    """Adds *.int8.onnx: weights int8 per output channel, activations quantized per call."""
+    for file in QUANTIZED:
+        tmp = out / f"{int8_name(file)}.tmp"
+        quantize_dynamic(out / file, tmp, weight_type=QuantType.QInt8, per_channel=True)
+        os.replace(tmp, out / int8_name(file))
+
+
+def write_manifest(out: Path, model: RAR, tokenizer: VQGAN) -> None:
+    manifest = {
+        "format": FORMAT,
+        "generator": model.config.to_dict(),
+        "tokenizer": tokenizer.config.to_dict(),
+    }
+    (out / "export.json").write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def export_all(model: RAR, tokenizer: VQGAN, out: Path, int8: bool = False) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    export_generator(model, out)
+    export_decoder(tokenizer, out)
+    if int8:
+        quantize(out)
+    write_manifest(out, model, tokenizer)
+
+
+def weights_hash(*modules: nn.Module) -> str:
+    """A digest of the modules' configs and weights, naming their export directory."""
+    h = hashlib.sha256(f"format {FORMAT}".encode())
+    for module in modules:
+        h.update(json.dumps(module.config.to_dict(), sort_keys=True).encode())
+        for name, t in sorted(module.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().float().cpu().contiguous().reshape(-1).numpy())
+    return h.hexdigest()[:16]
+
+
+def ensure_export(name: str, model: RAR, tokenizer: VQGAN, int8: bool = False) -> Path:
+    """The cached export of these weights, exporting (and quantizing) on first use."""
+    out = cache_root() / f"{name}-{weights_hash(model, tokenizer)}"
+    if not (out / "export.json").is_file():
+        # Export next to the final place, then move it there in one step: an interrupted
+        # export never looks complete, and two processes cannot interleave their files.
+        tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+        export_all(model, tokenizer, tmp, int8)
+        try:
+            os.replace(tmp, out)
+        except OSError:  # another process finished first: keep its export
+            shutil.rmtree(tmp)
+    elif int8 and not all((out / int8_name(f)).is_file() for f in QUANTIZED):
+        quantize(out)
+    return out
+
+
+# --- runtime -------------------------------------------------------------------------------
+
+
+def providers() -> list[str]:
+    """CUDA where onnxruntime-gpu and a GPU are present, else CPU."""
+    if torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def session(path: Path, threads: int | None = None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    return ort.InferenceSession(str(path), options, providers=providers())
+
+
+def _device(sess: ort.InferenceSession) -> torch.device:
+    cuda = sess.get_providers()[0] == "CUDAExecutionProvider"
+    return torch.device("cuda" if cuda else "cpu")
+
+
+def _run(sess: ort.InferenceSession, inputs: dict[str, Tensor], outputs: dict[str, Tensor]) -> None:
+    """Runs `sess` on torch tensors in place: no copies in or out."""
+    binding = sess.io_binding()
+    inputs = {name: t.contiguous() for name, t in inputs.items()}  # alive until the run ends
+    for bind, tensors in ((binding.bind_input, inputs), (binding.bind_output, outputs)):
+        for name, t in tensors.items():
+            bind(
+                name,
+                t.device.type,
+                t.device.index or 0,
+                np.dtype(str(t.dtype).removeprefix("torch.")),
+                tuple(t.shape),
+                t.data_ptr(),
+            )
+    sess.run_with_iobinding(binding)
+
+
+class OnnxExecutor:
+    """The generator's ONNX export as an `Executor` (see rar_demo.backends)."""
+
+    def __init__(self, directory: Path, int8: bool = False, threads: int | None = None) -> None:
+        manifest = json.loads((directory / "export.json").read_text())
+        self.config = RARConfig.from_dict(manifest["generator"])
+        step = "decode_step.onnx"
+        self._modulation = session(directory / "modulation.onnx", threads)
+        self._step = session(directory / (int8_name(step) if int8 else step), threads)
+        self.device = _device(self._step)
+
+    def new_cache(self, batch_size: int) -> KVCache:
+        cfg = self.config
+        shape = (
+            cfg.num_hidden_layers,
+            batch_size,
+            cfg.num_attention_heads,
+            cfg.image_seq_len + 1,
+            cfg.head_dim,
+        )
+        k = torch.zeros(shape, device=self.device)
+        return KVCache(k=k, v=torch.zeros_like(k))
+
+    def prefill(self, cache: KVCache, labels: Tensor, first_positions: Tensor) -> Tensor:
+        cfg = self.config
+        distinct, rows = labels.unique(return_inverse=True)
+        T, M = cfg.image_seq_len + 1, self._modulation.get_outputs()[0].shape[-1]
+        table = torch.empty(T, len(distinct), M, device=self.device)
+        _run(self._modulation, {"labels": distinct}, {"table": table})
+        cache.modulation = Modulation(table, rows)
+        none = torch.full_like(labels, -1)  # cls input, no target
+        self._step_run(cache, 0, none, torch.zeros_like(labels), none)
+        cond = labels + cfg.codebook_size + 1
+        return self._step_run(cache, 1, cond, torch.ones_like(labels), PREFIX + first_positions)
+
+    def decode_step(
+        self,
+        cache: KVCache,
+        step: int,
+        tokens: Tensor,
+        positions: Tensor,
+        next_positions: Tensor,
+        labels: Tensor,
+    ) -> Tensor:
+        return self._step_run(cache, step + 1, tokens, PREFIX + positions, PREFIX + next_positions)
+
+    def _step_run(
+        self, cache: KVCache, slot: int, ids: Tensor, pos_rows: Tensor, target_rows: Tensor
+    ) -> Tensor:
+        assert cache.modulation is not None, "prefill first"
+        layers, B, H, _, hd = cache.k.shape
+        logits = torch.empty(B, self.config.codebook_size, device=self.device)
+        k, v = torch.empty(2, layers, B, H, hd, device=self.device)
+        inputs = {
+            "ids": ids,
+            "pos_rows": pos_rows,
+            "target_rows": target_rows,
+            "slot": torch.tensor([slot], device=self.device),
+            "rows": cache.modulation.rows,
+            "table": cache.modulation.table,
+            "k_cache": cache.k,
+            "v_cache": cache.v,
+        }
+        _run(self._step, inputs, {"logits": logits, "k": k, "v": v})
+        cache.k[:, :, :, slot] = k
+        cache.v[:, :, :, slot] = v
+        return logits
+
+
+class OnnxDecoder:
+    """The VQGAN decoder's ONNX export: `decode(codes)` as `VQGAN.decode`."""
+
+    def __init__(self, directory: Path, int8: bool = False, threads: int | None = None) -> None:
+        manifest = json.loads((directory / "export.json").read_text())
+        self.resolution = manifest["tokenizer"]["resolution"]
+        file = int8_name(DECODER_FILE) if int8 else DECODER_FILE
+        self._session = session(directory / file, threads)
+        self.device = _device(self._session)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """(B, N) codes -> (B, 3, H, W) pixels in [0, 1]."""
+        R = self.resolution
+        pixels = torch.empty(codes.shape[0], 3, R, R, device=self.device)
+        _run(self._session, {"codes": codes.to(self.device).contiguous()}, {"pixels": pixels})
+        return pixels

@@ -1,0 +1,160 @@
+"""Generation speed, tokens to pixels: `python -m rar_demo.bench --device cpu`.
+
+Prints one JSON line per measurement. Weights are random at the real sizes, so nothing is
+downloaded; speed does not depend on their values. Each measurement runs in a process of its own,
+so its peak memory and thread settings are its own. Path "eager" is the reference algorithm (the
+official generate: adaLN from the weights at every step, fp32); "fast" precomputes the adaLN
+modulation (see RAR.precompute_modulation) and is what the app runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+from .backends import Executor, TorchExecutor
+from .config import RAR_PRESETS, SAMPLING_PRESETS, VQGAN_PRESETS
+from .hub import TOKENIZER
+from .model import RAR
+from .orders import make_order
+from .sampler import generate, stream
+from .vqgan import VQGAN
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Case:
+    model: str
+    backend: str  # torch | onnx
+    dtype: str  # fp32 | bf16 | int8 (weights of the decode step)
+    path: str  # eager | fast
+    orders: int  # images side by side, one generation order each: the batch
+    reps: int = 1
+
+
+CPU_CASES = [
+    Case("rar_b", "torch", "fp32", "eager", 1),
+    Case("rar_b", "torch", "fp32", "fast", 1),
+    Case("rar_b", "torch", "bf16", "fast", 1),
+    Case("rar_b", "torch", "int8", "fast", 1),
+    Case("rar_b", "onnx", "fp32", "fast", 1),
+    Case("rar_b", "onnx", "int8", "fast", 1),
+    Case("bundled", "torch", "fp32", "eager", 4, reps=3),
+    Case("bundled", "torch", "fp32", "fast", 4, reps=3),
+    Case("bundled", "onnx", "fp32", "fast", 4, reps=3),
+    Case("bundled", "onnx", "int8", "fast", 4, reps=3),
+]
+CASES = {"cpu": CPU_CASES}
+
+
+def random_models(name: str, seed: int = 0) -> tuple[RAR, VQGAN]:
+    """Generator and tokenizer of model `name` at their real sizes, with seeded random weights
+    (seeded, so that an ONNX export of them is found in the cache next time)."""
+    torch.manual_seed(seed)
+    tokenizer = VQGAN_PRESETS["bundled" if name == "bundled" else TOKENIZER.preset]
+    return RAR(RAR_PRESETS[name]).eval(), VQGAN(tokenizer).eval()
+
+
+def quantize_int8(model: RAR) -> RAR:
+    """Dynamic int8 quantization of the blocks' and head's linear layers (torch.ao)."""
+    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+
+    # lm_head stays fp32: RAR reads its weight for the device and dtype of new caches.
+    spec = {"blocks": default_dynamic_qconfig}
+    return quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
+
+
+def build(case: Case, device: str) -> tuple[Executor, Callable[[Tensor], Tensor]]:
+    """The executor and the codes -> pixels function that `case` measures."""
+    model, tokenizer = random_models(case.model)
+    if case.backend == "onnx":
+        from .backends.onnx import OnnxDecoder, OnnxExecutor, ensure_export
+
+        int8 = case.dtype == "int8"
+        directory = ensure_export(case.model, model, tokenizer, int8=int8)
+        return OnnxExecutor(directory, int8=int8), OnnxDecoder(directory).decode
+    model, tokenizer = model.to(device), tokenizer.to(device)
+    model = quantize_int8(model) if case.dtype == "int8" else model.to(DTYPES[case.dtype])
+    return TorchExecutor(model, fast=case.path == "fast"), tokenizer.decode
+
+
+def peak_mem_mb(device: str) -> float:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+@torch.inference_mode()
+def measure(case: Case, device: str) -> dict:
+    executor, decode = build(case, device)
+    cfg = executor.config
+    sampling = SAMPLING_PRESETS[case.model]
+    # As in the app: one class, one panel per order (random orders: speed ignores the order).
+    labels = torch.ones(case.orders, dtype=torch.long)
+    side = cfg.grid_size
+    orders = torch.stack([make_order("random", side, side, seed=i) for i in range(case.orders)])
+    # Warm up (first-call allocations, kernel selection) on a few steps and one decode.
+    for event in stream(executor, labels, orders, sampling):
+        if event.step == 3:
+            break
+    decode(event.canvas.clamp_min(0).to(device))
+    times = []
+    for seed in range(case.reps):
+        _sync(device)
+        start = time.perf_counter()
+        canvas = generate(executor, labels, orders, sampling, seed)
+        _sync(device)
+        generated = time.perf_counter()
+        decode(canvas.to(device)).cpu()
+        _sync(device)
+        times.append((generated - start, time.perf_counter() - generated))
+    gen_s, dec_s = sorted(times, key=sum)[len(times) // 2]  # the median run
+    return {
+        **asdict(case),
+        "device": device,
+        "batch": case.orders,
+        "seconds_per_image": round(gen_s + dec_s, 3),
+        "tokens_per_s": round(case.orders * cfg.image_seq_len / gen_s, 1),
+        "decode_seconds": round(dec_s, 3),
+        "generate_seconds": round(gen_s, 3),
+        "peak_mem_mb": round(peak_mem_mb(device)),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rar_demo.bench", description=__doc__)
+    parser.add_argument("--device", default="cpu", choices=sorted(CASES))
+    parser.add_argument("--model", action="append", help="only these models (repeatable)")
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # one measurement, in this process
+    args = parser.parse_args(argv)
+    if args.case:
+        print(json.dumps(measure(Case(**json.loads(args.case)), args.device)), flush=True)
+        return 0
+    failed = 0
+    for case in CASES[args.device]:
+        if args.model and case.model not in args.model:
+            continue
+        cmd = [sys.executable, "-m", "rar_demo.bench", "--device", args.device]
+        done = subprocess.run([*cmd, "--case", json.dumps(asdict(case))], check=False)
+        failed += done.returncode != 0
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

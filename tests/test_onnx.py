@@ -1,0 +1,185 @@
+"""The ONNX export and its ONNX Runtime executor against the PyTorch model.
+
+The generator is the parity fixture's (../shared/fixtures/parity, see test_parity.py) in fp32,
+so the exported graphs are checked against the official model's outputs too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+
+from rar_demo.backends import TorchExecutor
+from rar_demo.backends.onnx import (
+    OnnxDecoder,
+    OnnxExecutor,
+    ensure_export,
+    export_all,
+    int8_name,
+)
+from rar_demo.config import RARConfig, SamplingConfig, VQGANConfig
+from rar_demo.model import RAR
+from rar_demo.pipeline import load_pipeline
+from rar_demo.sampler import generate
+from rar_demo.vqgan import VQGAN
+
+FIXTURES = Path(
+    os.environ.get(
+        "RAR_PARITY_FIXTURES", Path(__file__).resolve().parents[2] / "shared/fixtures/parity"
+    )
+)
+ATOL = 1e-4
+
+
+def _fixture(kind: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    for path in sorted(FIXTURES.glob("*.safetensors")):
+        with safe_open(path, "pt") as f:
+            spec = json.loads(f.metadata()["spec"])
+            if spec["kind"] == kind:
+                return spec, {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    pytest.skip(f"no {kind} parity fixture in {FIXTURES}")
+
+
+def _build(model_cls, config, tensors: dict[str, torch.Tensor]) -> torch.nn.Module:
+    state = {
+        k.removeprefix("state_dict."): v for k, v in tensors.items() if k.startswith("state_dict.")
+    }
+    model = model_cls(config).eval()
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Small models: a second thread only adds contention (ONNX Runtime follows torch's count).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory, _one_thread):
+    spec, t = _fixture("rar")
+    model = _build(RAR, RARConfig.from_dict(spec["config"]), t)
+    _, v = _fixture("vqgan")
+    tokenizer = _build(VQGAN, VQGANConfig.from_dict(_fixture("vqgan")[0]["config"]), v)
+    out = tmp_path_factory.mktemp("onnx")
+    export_all(model, tokenizer, out, int8=True)
+    labels = torch.where(t["class_dropped"], model.config.null_class, t["class_labels"])
+    return t, model, tokenizer, labels, out
+
+
+def _teacher_forced(executor, t: dict, labels: torch.Tensor) -> torch.Tensor:
+    """(L, B, V) logits of every step, feeding the fixture's tokens in each sample's order."""
+    orders = t["orders"]
+    seq = t["input_ids"].gather(1, orders)  # (B, L) in generation order
+    cache = executor.new_cache(len(labels))
+    steps = [executor.prefill(cache, labels, orders[:, 0])]
+    for step in range(1, orders.shape[1]):
+        steps.append(
+            executor.decode_step(
+                cache, step, seq[:, step - 1], orders[:, step - 1], orders[:, step], labels
+            )
+        )
+    return torch.stack(steps)
+
+
+@torch.inference_mode()
+def test_decode_step_matches_torch(case) -> None:
+    t, model, _, labels, out = case
+    onnx = _teacher_forced(OnnxExecutor(out), t, labels)
+    torch.testing.assert_close(onnx, _teacher_forced(model, t, labels), atol=ATOL, rtol=0)
+    for key in (k for k in t if k.startswith("step_logits.")):
+        step = int(key.split(".")[1])
+        torch.testing.assert_close(onnx[step], t[key].float(), atol=ATOL, rtol=0)
+
+
+def test_greedy_tokens_match_torch(case) -> None:
+    t, model, _, _, out = case
+    executor = OnnxExecutor(out)
+    B, L = t["input_ids"].shape
+    raster = torch.arange(L).expand(B, -1)
+    for scale in (0.0, 4.0):
+        config = SamplingConfig(guidance_scale=scale, guidance_power=2.75, greedy=True)
+        expected = generate(TorchExecutor(model), t["class_labels"], raster, config)
+        assert torch.equal(generate(executor, t["class_labels"], raster, config), expected)
+    key = "generated.cfg4_pow2.75"
+    assert torch.equal(expected, t[key]), "fp32 torch no longer matches the official greedy run"
+
+
+def test_mixed_orders_batch(case) -> None:
+    """Per-sample positions: one batch of different orders equals each order run alone."""
+    _, model, _, _, out = case
+    executor = OnnxExecutor(out)
+    L = model.config.image_seq_len
+    orders = torch.stack([torch.arange(L), torch.arange(L).flip(0), torch.randperm(L)])
+    config = SamplingConfig(guidance_scale=3.0, greedy=True)
+    together = generate(executor, torch.tensor([5, 5, 5]), orders, config)
+    alone = [generate(executor, torch.tensor([5]), o[None], config) for o in orders]
+    assert torch.equal(together, torch.cat(alone))
+
+
+@torch.inference_mode()
+def test_vqgan_decoder_matches_torch(case) -> None:
+    _, _, tokenizer, _, out = case
+    _, v = _fixture("vqgan")
+    pixels = OnnxDecoder(out).decode(v["codes"])
+    torch.testing.assert_close(pixels, tokenizer.decode(v["codes"]), atol=ATOL, rtol=0)
+    torch.testing.assert_close(pixels, v["decoded"].float(), atol=ATOL, rtol=0)
+
+
+@torch.inference_mode()
+def test_int8_keeps_the_logits(case) -> None:
+    """int8 weights move the logits a little, not the distribution: same shape, close argmax."""
+    t, _, _, labels, out = case
+    assert (out / int8_name("decode_step.onnx")).is_file()
+    fp32 = _teacher_forced(OnnxExecutor(out), t, labels).flatten(0, 1)
+    int8 = _teacher_forced(OnnxExecutor(out, int8=True), t, labels).flatten(0, 1)
+    assert not torch.equal(int8, fp32)  # really quantized
+    assert F.cosine_similarity(int8, fp32, dim=-1).min() > 0.99
+    assert (int8.argmax(-1) == fp32.argmax(-1)).float().mean() > 0.9
+
+
+def test_export_is_cached_by_weights(case, tmp_path, monkeypatch) -> None:
+    _, model, tokenizer, _, _ = case
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first = ensure_export("tiny", model, tokenizer)
+    assert first.parent == tmp_path / "rar_demo" / "onnx"
+    stamp = (first / "decode_step.onnx").stat().st_mtime_ns
+    assert ensure_export("tiny", model, tokenizer) == first
+    assert (first / "decode_step.onnx").stat().st_mtime_ns == stamp  # found, not exported again
+    assert not (first / int8_name("decode_step.onnx")).exists()
+    assert ensure_export("tiny", model, tokenizer, int8=True) == first  # quantized on demand
+    assert (first / int8_name("decode_step.onnx")).is_file()
+    with torch.no_grad():
+        model.lm_head.bias.add_(1.0)
+    try:
+        assert ensure_export("tiny", model, tokenizer) != first
+    finally:
+        with torch.no_grad():
+            model.lm_head.bias.sub_(1.0)
+    assert [p.name for p in first.parent.iterdir() if ".tmp" in p.name] == []
+
+
+def test_bundled_pipeline_on_onnx(tmp_path, monkeypatch) -> None:
+    """The app's entry point: same greedy images from both backends."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    torch_pipe = load_pipeline("bundled")
+    onnx_pipe = load_pipeline("bundled", backend="onnx")
+    greedy = torch_pipe.sampling.with_(greedy=True)
+    finals = []
+    for pipe in (torch_pipe, onnx_pipe):
+        *_, last = pipe.stream(0, ["raster", "spiral"], seed=0, sampling=greedy)
+        finals.append((last.canvas, pipe.decode(last.canvas)))
+    assert torch.equal(finals[0][0], finals[1][0])
+    # Trained weights are larger than the fixture's: allow a quarter of an 8-bit level.
+    torch.testing.assert_close(finals[0][1], finals[1][1], atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="backend"):
+        load_pipeline("bundled", backend="tensorrt")
