@@ -50,6 +50,18 @@ def preview(canvas: Tensor, patches: Tensor, grid: tuple[int, int]) -> Tensor:
     return tiles.view(B, h, w, 3, ph, pw).permute(0, 3, 1, 4, 2, 5).reshape(B, 3, h * ph, w * pw)
 
 
+def patch_in(
+    pixels: Tensor, decoded: Tensor, canvas: Tensor, patches: Tensor, grid: tuple[int, int]
+) -> Tensor:
+    """Brings `pixels`, decoded from canvas `decoded`, up to `canvas` without a decoder run:
+    cells whose token changed since are pasted from their code's preview patch."""
+    B, _, H, W = pixels.shape
+    h, w = grid
+    changed = (canvas != decoded).view(B, 1, h, w)
+    changed = changed.repeat_interleave(H // h, 2).repeat_interleave(W // w, 3)
+    return torch.where(changed, preview(canvas, patches, grid), pixels)
+
+
 def mark_progress(
     images: Tensor, canvas: Tensor, newest: Tensor | None, grid: tuple[int, int]
 ) -> np.ndarray:
