@@ -1,0 +1,354 @@
+"""The studio's engine, free of UI code: models, request checking, paced frames, results.
+
+app.py maps these onto Gradio components; everything here runs, and is tested, without a
+browser or a server. A run is one batched `Pipeline.stream`; the sampler may take far more or
+far fewer steps per second than a browser can show, so steps are paced to the requested speed
+and coalesced into at most MAX_FPS frames, each frame costing at most a bounded share of the
+wall clock in decoding.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from . import plots
+from .config import SamplingConfig
+from .hub import MODEL_NAMES
+from .orders import ORDER_NAMES
+from .pipeline import Pipeline, load_pipeline
+from .render import code_patches, mark_progress, patch_in, save_animation, sheet, to_uint8
+
+MAX_ORDERS = 4
+MAX_FPS = 25.0
+DECODE_SHARE = 0.25  # full decodes may take at most this share of a run's wall clock
+ANIMATION_FRAMES = 64  # recorded frames per run, spread evenly over the steps
+ANIMATION_DIR = Path(tempfile.gettempdir()) / "rar-studio"
+ANIMATION_TTL_S = 3600.0
+DISPLAY_SIZE = 256  # panels of small models are upscaled (nearest) to this in the animation
+
+# Input ranges, shared by the UI's controls and the checks below.
+SEED_RANGE = (0, 2**32 - 1)
+CFG_RANGE = (0.0, 20.0)
+CFG_POWER_RANGE = (0.0, 5.0)
+TEMPERATURE_RANGE = (0.05, 3.0)
+TOP_K_RANGE = (0, 1024)  # 0 = no top-k filtering
+SPEED_RANGE = (4, 512)  # steps per second; the top is faster than any model runs here
+DEFAULT_SPEED = 64
+
+
+def default_model(env: dict[str, str]) -> str:
+    """RAR_DEMO_MODEL if set; RAR-B on Hugging Face Spaces; else the offline bundled model."""
+    name = env.get("RAR_DEMO_MODEL") or ("rar_b" if env.get("SPACE_ID") else "bundled")
+    if name not in MODEL_NAMES:
+        raise ValueError(f"RAR_DEMO_MODEL={name!r} is not one of {', '.join(MODEL_NAMES)}")
+    return name
+
+
+def examples(model: str) -> list[list]:
+    """One-click presets [model, class, orders, seed] that the given model can run."""
+    if model == "bundled":
+        return [
+            ["bundled", "Animals & Nature", ["raster", "random"], 0],
+            ["bundled", "Food & Drink", ["raster", "spiral", "center-out", "random"], 1],
+            ["bundled", "Smileys & Emotion", ["checkerboard", "random"], 2],
+            ["bundled", "Travel & Places", ["zigzag", "diagonal"], 3],
+        ]
+    return [
+        [model, "golden retriever", ["raster", "random"], 0],
+        [model, "volcano", ["raster", "random"], 1],
+        [model, "macaw", ["spiral", "center-out", "checkerboard", "random"], 2],
+    ]
+
+
+class ModelCache:
+    """Pipelines by model name, loaded on first use and shared by all requests (thread-safe)."""
+
+    def __init__(self, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self._pipelines: dict[str, Pipeline] = {}
+        self._patches: dict[str, Tensor] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def _lock(self, name: str) -> threading.Lock:
+        # One lock per model: a long download of one never blocks generating with another.
+        with self._guard:
+            return self._locks.setdefault(name, threading.Lock())
+
+    def get(self, name: str) -> Pipeline:
+        if name not in MODEL_NAMES:
+            raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+        with self._lock(name):
+            if name not in self._pipelines:
+                self._pipelines[name] = load_pipeline(name, device=self.device)
+            return self._pipelines[name]
+
+    def patches(self, name: str) -> Tensor:
+        """The model's per-code preview patches, built on first use rather than at load time:
+        only slow decoders need them, and on ZeroGPU the decoder runs only inside a GPU call."""
+        pipe = self.get(name)
+        with self._lock(name):
+            if name not in self._patches:
+                self._patches[name] = code_patches(pipe.tokenizer)
+            return self._patches[name]
+
+
+def sampler_values(sampling: SamplingConfig) -> tuple[float, float, float, int]:
+    """(CFG scale, CFG power, temperature, top-k with 0 = off), as the controls show them."""
+    s = sampling
+    return s.guidance_scale, s.guidance_power, s.temperature, s.top_k or 0
+
+
+def keep_class(pipe: Pipeline, class_name: str | int | None) -> str:
+    """The class to select after switching to `pipe`: the current one if it has it."""
+    try:
+        return pipe.class_names[pipe.class_id(class_name)]
+    except ValueError:
+        return pipe.class_names[0]
+
+
+@dataclass(frozen=True)
+class Request:
+    """A checked generation request; plain data, so it can cross to a GPU worker process."""
+
+    model: str
+    class_id: int
+    class_name: str
+    orders: tuple[str, ...]
+    seed: int
+    sampling: SamplingConfig
+    speed: float  # at most this many steps per second
+
+
+def _number(label: str, value: float | None, bounds: tuple[float, float]) -> float:
+    lo, hi = bounds
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise ValueError(f"{label} must be a number, got {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{label} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def parse(
+    cache: ModelCache,
+    model: str,
+    class_name: str | int | None,
+    orders: list[str] | tuple[str, ...] | None,
+    seed: int | float,
+    cfg_scale: float | None = None,
+    cfg_power: float | None = None,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    speed: float = DEFAULT_SPEED,
+) -> Request:
+    """Checks raw inputs (loading the model if needed) into a Request, or raises ValueError
+    (or hub.WeightsUnavailable) with a message meant for the user. Sampler settings left
+    as None take the model's own defaults; top_k 0 turns top-k filtering off."""
+    orders = tuple(orders or ())
+    if not orders:
+        raise ValueError("choose at least one generation order")
+    if len(orders) > MAX_ORDERS:
+        raise ValueError(f"choose at most {MAX_ORDERS} orders, got {len(orders)}")
+    for name in orders:
+        if name not in ORDER_NAMES:
+            raise ValueError(f"unknown order {name!r}; choose from {', '.join(ORDER_NAMES)}")
+    if len(set(orders)) < len(orders):
+        raise ValueError("each order can be chosen only once")
+    seed = _number("seed", seed, SEED_RANGE)
+    if seed != int(seed):
+        raise ValueError(f"seed must be a whole number, got {seed}")
+    speed = _number("speed", speed, SPEED_RANGE)
+
+    pipe = cache.get(model)
+    class_id = pipe.class_id(class_name if class_name is not None else "")
+    default = pipe.sampling
+    sampling = default.with_(
+        guidance_scale=default.guidance_scale
+        if cfg_scale is None
+        else _number("CFG scale", cfg_scale, CFG_RANGE),
+        guidance_power=default.guidance_power
+        if cfg_power is None
+        else _number("CFG power", cfg_power, CFG_POWER_RANGE),
+        temperature=default.temperature
+        if temperature is None
+        else _number("temperature", temperature, TEMPERATURE_RANGE),
+        top_k=default.top_k if top_k is None else int(_number("top-k", top_k, TOP_K_RANGE)) or None,
+    )
+    return Request(
+        model, class_id, pipe.class_names[class_id], orders, int(seed), sampling, float(speed)
+    )
+
+
+class Keep(Enum):
+    KEEP = "keep"
+
+
+KEEP = Keep.KEEP  # an Update field left as it was
+
+
+@dataclass(frozen=True)
+class Update:
+    """One state of the outputs: each field a new value, None to clear it, or KEEP."""
+
+    status: str
+    panels: dict[str, np.ndarray] | Keep = KEEP  # order name -> (H, W, 3) uint8
+    animation: str | Keep | None = KEEP  # a file path
+    order_plot: Figure | Keep | None = KEEP
+    stats_plot: Figure | Keep | None = KEEP
+
+
+class Pacer:
+    """Holds steps back to `steps_per_s` and lets at most `max_fps` of them become frames."""
+
+    def __init__(
+        self,
+        steps_per_s: float,
+        max_fps: float = MAX_FPS,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.step_s, self.frame_s = 1 / steps_per_s, 1 / max_fps
+        self.clock, self.sleep = clock, sleep
+        self.start = clock()
+        self.last_frame = -math.inf
+
+    def frame_due(self, step: int, last: bool = False) -> bool:
+        """Waits until step `step` (0-based) is due, then says whether to show it."""
+        now = self.clock()
+        # Time lost to a slow model is not made up for later by bursting through steps.
+        self.start = max(self.start, now - (step + 1) * self.step_s)
+        lead = self.start + (step + 1) * self.step_s - now
+        if lead > 0:
+            self.sleep(lead)
+            now = self.clock()
+        if last or now - self.last_frame >= self.frame_s:
+            self.last_frame = now
+            return True
+        return False
+
+
+class Renderer:
+    """Frames of a growing canvas at a bounded decoding cost.
+
+    A full decode runs only once the time since the previous one reaches its cost divided by
+    DECODE_SHARE, so however slow the decoder, it takes at most that share of the run; in
+    between, cells filled since the last decode are pasted from per-code preview patches.
+    """
+
+    def __init__(
+        self, cache: ModelCache, model: str, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.cache, self.model, self.clock = cache, model, clock
+        self.pipe = cache.get(model)
+        self.pixels: Tensor | None = None  # the last full decode ...
+        self.decoded: Tensor | None = None  # ... of this canvas
+        self.decoded_at, self.decode_cost = -math.inf, 0.0
+
+    def __call__(self, canvas: Tensor, newest: Tensor | None) -> np.ndarray:
+        """(B, L) canvas, (B,) newest positions -> (B, H, W, 3) uint8 marked frames."""
+        now = self.clock()
+        if self.pixels is None or now - self.decoded_at >= self.decode_cost / DECODE_SHARE:
+            self.pixels, self.decoded = self.pipe.decode(canvas), canvas
+            self.decoded_at = self.clock()
+            self.decode_cost = self.decoded_at - now
+            pixels = self.pixels
+        else:
+            patches = self.cache.patches(self.model)
+            pixels = patch_in(self.pixels, self.decoded, canvas, patches, self.pipe.grid)
+        return mark_progress(pixels, canvas, newest, self.pipe.grid)
+
+    def blank(self, batch: int) -> np.ndarray:
+        """The frame before the first step: every cell pending, no decoder run."""
+        h, w = self.pipe.grid
+        side = self.pipe.tokenizer.config.resolution
+        canvas = torch.full((batch, h * w), -1, dtype=torch.long)
+        return mark_progress(torch.zeros(batch, 3, side, side), canvas, None, self.pipe.grid)
+
+
+def _describe(request: Request) -> str:
+    s = request.sampling
+    top_k = f" · top-k {s.top_k}" if s.top_k else ""
+    return (
+        f"{request.class_name.split(',')[0]} (class {request.class_id}) · seed {request.seed}"
+        f" · CFG {s.guidance_scale:g} (power {s.guidance_power:g}) · T {s.temperature:g}{top_k}"
+    )
+
+
+def _animation_path(request: Request) -> Path:
+    """A fresh file for a run's animation; old runs' files are swept away here."""
+    ANIMATION_DIR.mkdir(parents=True, exist_ok=True)
+    cutoff = time.time() - ANIMATION_TTL_S
+    for old in ANIMATION_DIR.glob("*.webp"):
+        if old.stat().st_mtime < cutoff:
+            old.unlink(missing_ok=True)
+    slug = re.sub(r"[^a-z0-9]+", "-", request.class_name.split(",")[0].lower()).strip("-")
+    return ANIMATION_DIR / f"{slug}-{request.seed}-{uuid.uuid4().hex[:6]}.webp"
+
+
+def run(cache: ModelCache, request: Request) -> Iterator[Update]:
+    """Streams a request: a blank first update, paced frames, the final images, then the
+    animation and plots. Closing the iterator stops the sampler at once."""
+    pipe = cache.get(request.model)
+    names = request.orders
+    grid = pipe.grid
+    render = Renderer(cache, request.model)
+    about = _describe(request)
+    yield Update(
+        status=f"**Starting** · {about}",
+        panels=dict(zip(names, render.blank(len(names)), strict=True)),
+        animation=None,
+        order_plot=plots.order_heatmaps(names, pipe.orders(names, request.seed), grid),
+        stats_plot=None,
+    )
+
+    start = time.monotonic()
+    pacer = Pacer(request.speed)
+    probs, entropy, recorded = [], [], []  # per step; (step, frames) for the animation
+    stream = pipe.stream(request.class_id, names, request.seed, request.sampling)
+    try:
+        for event in stream:
+            probs.append(event.probs)
+            entropy.append(event.entropy)
+            if event.done or not pacer.frame_due(event.step):
+                continue
+            frames = render(event.canvas, event.positions)
+            done = event.step + 1
+            if not recorded or done - recorded[-1][0] >= event.num_steps / ANIMATION_FRAMES:
+                recorded.append((done, frames))
+            yield Update(
+                status=f"**Step {done} / {event.num_steps}** · {about}",
+                panels=dict(zip(names, frames, strict=True)),
+            )
+    finally:
+        stream.close()  # the sampler's KV cache goes with it
+
+    finals = to_uint8(pipe.decode(event.canvas))
+    seconds = time.monotonic() - start
+    done = f"**Done**: {event.num_steps} steps in {seconds:.1f} s · {about}"
+    yield Update(
+        status=f"{done} · preparing the animation…", panels=dict(zip(names, finals, strict=True))
+    )
+
+    scale = max(1, DISPLAY_SIZE // finals.shape[1])
+    sheets = [sheet(f, names, scale, f"step {s} / {event.num_steps}") for s, f in recorded]
+    title = f"{request.class_name.split(',')[0]}, seed {request.seed}"
+    sheets.append(sheet(finals, names, scale, title))
+    yield Update(
+        status=done,
+        animation=str(save_animation(sheets, _animation_path(request))),
+        stats_plot=plots.step_curves(names, torch.stack(probs), torch.stack(entropy)),
+    )
