@@ -1,7 +1,9 @@
 """Training for the bundled offline model: the MaskGIT-VQGAN tokenizer, then RAR on its tokens.
 
     python -m rar_demo.train tokenizer --out runs/tokenizer --steps 3000
+    python -m rar_demo.train decoder --tokenizer runs/tokenizer --out runs/decoder --steps 600
     python -m rar_demo.train generator --tokenizer runs/tokenizer --out runs/generator --steps 3000
+    python -m rar_demo.train export --tokenizer runs/decoder --generator runs/generator
 
 Both run on CUDA when present, else CPU; both checkpoint to OUT/ckpt.pt every --save-every
 steps and resume from it; progress goes to stdout and OUT/log.jsonl as JSON lines.
@@ -198,6 +200,47 @@ def train_tokenizer(args: argparse.Namespace) -> None:
             run.save(model, opt, step + 1, config.to_dict())
 
 
+def train_decoder(args: argparse.Namespace) -> None:
+    """Second tokenizer stage: the decoder alone, on whole images. The encoder and codebook are
+    frozen, so the tokens stay the same and a generator can train on them meanwhile."""
+    device = args.device
+    data = load_or_build(args.data)
+    model = load_tokenizer(args.tokenizer, device).train()
+    model.encoder.requires_grad_(False)
+    model.quantize.requires_grad_(False)
+    train = data.train()
+    images = to_tensor(train.images).to(device)
+    codes = torch.stack([tokenize(model, train), tokenize(model, train, flip=True)]).to(device)
+    test_images = to_tensor(data.heldout_split().images[:256]).to(device)
+    opt = torch.optim.AdamW(model.decoder.parameters(), lr=args.lr, betas=(0.9, 0.99))
+    run = Run(args.out, args)
+    start = run.resume(model, opt)
+    gen = torch.Generator().manual_seed(args.seed + start)
+    batch_iter = batches(len(images), args.batch_size, gen)
+    for step in range(start, args.steps):
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
+        idx, flip = next(batch_iter).to(device), int(torch.rand(1, generator=gen) < 0.5)
+        target = images[idx].flip(-1) if flip else images[idx]
+        recon = model.decoder(model.quantize.lookup(codes[flip, idx], model.grid))
+        loss = F.mse_loss(recon, target) + 0.1 * F.l1_loss(recon, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
+            with torch.no_grad():
+                rec = model.decode(model.encode(test_images))
+            run.log(
+                {
+                    "step": step + 1,
+                    "loss": round(loss.item(), 5),
+                    "heldout_psnr": round(psnr(rec, test_images).mean().item(), 2),
+                }
+            )
+        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+            run.save(model, opt, step + 1, model.config.to_dict())
+
+
 @torch.no_grad()
 def restart_dead_codes(model: VQGAN, images: Tensor, usage: Tensor, gen: torch.Generator) -> int:
     """Moves codebook entries nobody picks onto random encoder outputs (keeps usage high)."""
@@ -232,8 +275,9 @@ def train_generator(args: argparse.Namespace) -> None:
     data = load_or_build(args.data)
     tokenizer = load_tokenizer(args.tokenizer, device)
     train = data.train()
-    tokens = tokenize(tokenizer, train)
-    labels = torch.from_numpy(train.labels)
+    # Mirrored emoji are still emoji of their group: twice the data for free.
+    tokens = torch.cat([tokenize(tokenizer, train), tokenize(tokenizer, train, flip=True)])
+    labels = torch.from_numpy(train.labels).repeat(2)
     config = generator_config(args.preset, len(data.class_names), tokenizer.config.codebook_size)
     torch.manual_seed(args.seed)
     model = RAR(config).to(device)
@@ -292,7 +336,12 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="what", required=True)
-    for name, steps, lr, batch in (("tokenizer", 3000, 1e-3, 32), ("generator", 3000, 1e-3, 64)):
+    stages = (
+        ("tokenizer", 3000, 1e-3, 32),
+        ("decoder", 600, 5e-4, 8),
+        ("generator", 3000, 1e-3, 64),
+    )
+    for name, steps, lr, batch in stages:
         p = sub.add_parser(name)
         p.add_argument("--out", type=Path, required=True)
         p.add_argument("--preset", default="bundled")
@@ -305,6 +354,7 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--log-every", type=int, default=50)
         p.add_argument("--save-every", type=int, default=250)
         p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+        p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
         if name == "tokenizer":
             p.add_argument("--restart-every", type=int, default=200)
             p.add_argument("--crop", type=int, default=32)
@@ -317,7 +367,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("assets/bundled"))
     args = parser.parse_args(argv)
     torch.set_float32_matmul_precision("high")
-    {"tokenizer": train_tokenizer, "generator": train_generator, "export": export}[args.what](args)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    stage = {
+        "tokenizer": train_tokenizer,
+        "decoder": train_decoder,
+        "generator": train_generator,
+        "export": export,
+    }
+    stage[args.what](args)
 
 
 if __name__ == "__main__":

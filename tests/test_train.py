@@ -14,6 +14,7 @@ from rar_demo.hub import load_generator, load_tokenizer
 from rar_demo.model import RAR
 from rar_demo.train import (
     learning_rate,
+    load_checkpoint,
     main,
     random_ratio,
     rar_loss,
@@ -146,6 +147,13 @@ def test_training_runs_resume_and_export(tiny_dataset, tmp_path, capsys) -> None
         {k: r[k] for k in ("event", "step") if k in r} for r in log
     ]
     assert max(r["step"] for r in log if "loss" in r) == 3
+
+    dec = tmp_path / "dec"
+    main(["decoder", "--out", str(dec), "--tokenizer", str(tok), "--steps", "2", *common])
+    before, after = load_checkpoint(tok)[1], load_checkpoint(dec)[1]
+    frozen = [k for k in before if not k.startswith("decoder.")]
+    assert all(torch.equal(before[k], after[k]) for k in frozen)  # same tokens as before
+    assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
 
     main(["generator", "--out", str(gen), "--tokenizer", str(tok), "--steps", "2", *common])
     assert (gen / "ckpt.pt").exists()
