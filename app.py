@@ -46,11 +46,14 @@ THEME = gr.themes.Default(
 LAUNCH_OPTIONS: dict[str, Any] = {"css": CSS, "theme": THEME}
 
 
-def _load(model: str) -> Pipeline:
+def _load(model: str) -> Pipeline | None:
+    """The model for the controls, or None after a warning: an error would cover them up,
+    and Generate reports the same problem as an error anyway."""
     try:
         return CACHE.get(model)
     except (ValueError, WeightsUnavailable) as err:
-        raise gr.Error(str(err)) from None
+        gr.Warning(str(err))
+        return None
 
 
 @gpu
@@ -58,7 +61,7 @@ def _run(request: studio.Request) -> Iterator[studio.Update]:
     yield from studio.run(CACHE, request)
 
 
-def _shown(value: Any) -> Any:
+def _or_skip(value: Any) -> Any:
     return gr.skip() if value is studio.KEEP else value
 
 
@@ -74,9 +77,9 @@ def _outputs(update: studio.Update) -> tuple:
     return (
         update.status,
         *panels,
-        _shown(update.animation),
-        _shown(update.order_plot),
-        _shown(update.stats_plot),
+        _or_skip(update.animation),
+        _or_skip(update.order_plot),
+        _or_skip(update.stats_plot),
     )
 
 
@@ -90,12 +93,13 @@ def generate(
     temperature: float | None = None,
     top_k: int | None = None,
     speed: float = studio.DEFAULT_SPEED,
-    progress: gr.Progress = gr.Progress(track_tqdm=True),  # shows Hub downloads  # noqa: B008
 ) -> Iterator[tuple]:
     """Generates one image of `class_name` (a name or an id) per order in `orders` (1 to 4),
     in one batch with the same seed, streaming (status, 4 panels, animation, order plot,
     stats plot). Sampler settings left empty take the model's paper defaults; top_k 0 = off.
     """
+    # No gr.Progress here: with one, a cancelled run marks every output "Error" in the page.
+    # Downloads show their progress when the model is picked (select_model) instead.
     try:
         request = studio.parse(
             CACHE, model, class_name, orders, seed, cfg_scale, cfg_power, temperature, top_k, speed
@@ -113,12 +117,18 @@ def select_model(
 ) -> tuple:
     """Loads `model` (downloading it if needed): its classes and its sampler defaults."""
     pipe = _load(model)
+    if pipe is None:
+        return (gr.skip(),) * 5
     classes = gr.Dropdown(choices=list(pipe.class_names), value=studio.keep_class(pipe, class_name))
     return classes, *studio.sampler_values(pipe.sampling)
 
 
-def random_class(model: str) -> str:
-    return random.choice(_load(model).class_names)
+def random_class(model: str, current: str) -> str | dict:
+    """Any class but the current one, so that the dice always visibly changes something."""
+    pipe = _load(model)
+    if pipe is None:
+        return gr.skip()
+    return random.choice([c for c in pipe.class_names if c != current] or pipe.class_names)
 
 
 def random_seed() -> int:
@@ -130,6 +140,15 @@ def panel_layout(orders: list[str]) -> list[dict]:
     names = list(orders or [])[: studio.MAX_ORDERS]
     shown = [gr.update(label=name, visible=True) for name in names]
     return shown + [gr.update(visible=False)] * (studio.MAX_ORDERS - len(shown))
+
+
+def _sampler_box(label: str, step: float, precision: int | None = None) -> gr.Number:
+    # No initial value: left empty, a setting takes the model's default, which is also what
+    # an API call that omits it gets; the page fills the defaults in when it loads. Ranges are
+    # checked in studio.parse, whose errors name the setting.
+    return gr.Number(
+        label=label, step=step, precision=precision, placeholder="model default", min_width=100
+    )
 
 
 def create_demo(model: str | None = None) -> gr.Blocks:
@@ -176,35 +195,12 @@ def create_demo(model: str | None = None) -> gr.Blocks:
                     label="Speed (steps per second)",
                 )
                 with gr.Accordion("Sampler (the model's paper defaults)", open=True):
-                    # No initial values: left empty, each takes the model's default, which is
-                    # also what an API call that omits it gets. The page fills them in on load.
-                    # Ranges are checked in studio.parse, whose errors name the setting.
                     with gr.Row():
-                        cfg_box = gr.Number(
-                            label="CFG scale",
-                            step=0.5,
-                            placeholder="model default",
-                            min_width=100,
-                        )
-                        power_box = gr.Number(
-                            label="CFG schedule power",
-                            step=0.05,
-                            placeholder="model default",
-                            min_width=100,
-                        )
+                        cfg_box = _sampler_box("CFG scale", step=0.5)
+                        power_box = _sampler_box("CFG schedule power", step=0.05)
                     with gr.Row():
-                        temperature_box = gr.Number(
-                            label="Temperature",
-                            step=0.01,
-                            placeholder="model default",
-                            min_width=100,
-                        )
-                        top_k_box = gr.Number(
-                            label="Top-k (0 = off)",
-                            precision=0,
-                            placeholder="model default",
-                            min_width=100,
-                        )
+                        temperature_box = _sampler_box("Temperature", step=0.01)
+                        top_k_box = _sampler_box("Top-k (0 = off)", step=1, precision=0)
                 with gr.Row():
                     go = gr.Button("Generate", variant="primary")
                     stop = gr.Button("Stop", variant="stop")
@@ -222,13 +218,19 @@ def create_demo(model: str | None = None) -> gr.Blocks:
                             elem_classes="panel",
                             buttons=["download", "fullscreen"],
                         )
-                        for i, name in enumerate([*DEFAULT_ORDERS, "", ""])
+                        for i, name in enumerate(
+                            DEFAULT_ORDERS + [""] * (studio.MAX_ORDERS - len(DEFAULT_ORDERS))
+                        )
                     ]
                 with gr.Row():
-                    order_plot = gr.Plot(format="png", show_label=False)
+                    order_plot = gr.Plot(format="png", show_label=False, elem_id="order-plot")
                 with gr.Row():
-                    stats_plot = gr.Plot(format="png", show_label=False, scale=2)
-                    animation = gr.File(label="Animation of the run (WebP)", scale=1)
+                    stats_plot = gr.Plot(
+                        format="png", show_label=False, scale=2, elem_id="stats-plot"
+                    )
+                    animation = gr.File(
+                        label="Animation of the run (WebP)", scale=1, elem_id="animation"
+                    )
         gr.Examples(
             studio.examples(model),
             inputs=[model_box, class_box, order_box, seed_box],
@@ -243,11 +245,14 @@ def create_demo(model: str | None = None) -> gr.Blocks:
             api_name="generate",
         )
         stop.click(None, cancels=[run])
-        model_box.change(
-            select_model, [model_box, class_box], [class_box, *sampler_boxes], **private
+        gr.on(
+            [demo.load, model_box.change],
+            select_model,
+            [model_box, class_box],
+            [class_box, *sampler_boxes],
+            **private,
         )
-        demo.load(select_model, [model_box, class_box], [class_box, *sampler_boxes], **private)
-        class_dice.click(random_class, model_box, class_box, **private)
+        class_dice.click(random_class, [model_box, class_box], class_box, **private)
         seed_dice.click(random_seed, None, seed_box, **private)
         order_box.change(panel_layout, order_box, panels, **private)
     demo.queue(default_concurrency_limit=2)
