@@ -133,6 +133,10 @@ class Request:
     sampling: SamplingConfig
     speed: float  # at most this many steps per second
 
+    @property
+    def short_name(self) -> str:
+        return self.class_name.split(",")[0]  # ImageNet names list synonyms after a comma
+
 
 def _number(label: str, value: float | None, bounds: tuple[float, float]) -> float:
     lo, hi = bounds
@@ -226,7 +230,7 @@ class Pacer:
         self.start = clock()
         self.last_frame = -math.inf
 
-    def frame_due(self, step: int, last: bool = False) -> bool:
+    def frame_due(self, step: int) -> bool:
         """Waits until step `step` (0-based) is due, then says whether to show it."""
         now = self.clock()
         # Time lost to a slow model is not made up for later by bursting through steps.
@@ -235,7 +239,7 @@ class Pacer:
         if lead > 0:
             self.sleep(lead)
             now = self.clock()
-        if last or now - self.last_frame >= self.frame_s:
+        if now - self.last_frame >= self.frame_s:
             self.last_frame = now
             return True
         return False
@@ -283,7 +287,7 @@ def _describe(request: Request) -> str:
     s = request.sampling
     top_k = f" · top-k {s.top_k}" if s.top_k else ""
     return (
-        f"{request.class_name.split(',')[0]} (class {request.class_id}) · seed {request.seed}"
+        f"{request.short_name} (class {request.class_id}) · seed {request.seed}"
         f" · CFG {s.guidance_scale:g} (power {s.guidance_power:g}) · T {s.temperature:g}{top_k}"
     )
 
@@ -295,7 +299,7 @@ def _animation_path(request: Request) -> Path:
     for old in ANIMATION_DIR.glob("*.webp"):
         if old.stat().st_mtime < cutoff:
             old.unlink(missing_ok=True)
-    slug = re.sub(r"[^a-z0-9]+", "-", request.class_name.split(",")[0].lower()).strip("-")
+    slug = re.sub(r"[^a-z0-9]+", "-", request.short_name.lower()).strip("-")
     return ANIMATION_DIR / f"{slug}-{request.seed}-{uuid.uuid4().hex[:6]}.webp"
 
 
@@ -326,11 +330,11 @@ def run(cache: ModelCache, request: Request) -> Iterator[Update]:
             if event.done or not pacer.frame_due(event.step):
                 continue
             frames = render(event.canvas, event.positions)
-            done = event.step + 1
-            if not recorded or done - recorded[-1][0] >= event.num_steps / ANIMATION_FRAMES:
-                recorded.append((done, frames))
+            filled = event.step + 1
+            if not recorded or filled - recorded[-1][0] >= event.num_steps / ANIMATION_FRAMES:
+                recorded.append((filled, frames))
             yield Update(
-                status=f"**Step {done} / {event.num_steps}** · {about}",
+                status=f"**Step {filled} / {event.num_steps}** · {about}",
                 panels=dict(zip(names, frames, strict=True)),
             )
     finally:
@@ -338,17 +342,17 @@ def run(cache: ModelCache, request: Request) -> Iterator[Update]:
 
     finals = to_uint8(pipe.decode(event.canvas))
     seconds = time.monotonic() - start
-    done = f"**Done**: {event.num_steps} steps in {seconds:.1f} s · {about}"
+    summary = f"**Done**: {event.num_steps} steps in {seconds:.1f} s · {about}"
     yield Update(
-        status=f"{done} · preparing the animation…", panels=dict(zip(names, finals, strict=True))
+        status=f"{summary} · preparing the animation…",
+        panels=dict(zip(names, finals, strict=True)),
     )
 
     scale = max(1, DISPLAY_SIZE // finals.shape[1])
     sheets = [sheet(f, names, scale, f"step {s} / {event.num_steps}") for s, f in recorded]
-    title = f"{request.class_name.split(',')[0]}, seed {request.seed}"
-    sheets.append(sheet(finals, names, scale, title))
+    sheets.append(sheet(finals, names, scale, f"{request.short_name}, seed {request.seed}"))
     yield Update(
-        status=done,
+        status=summary,
         animation=str(save_animation(sheets, _animation_path(request))),
         stats_plot=plots.step_curves(names, torch.stack(probs), torch.stack(entropy)),
     )
