@@ -1,0 +1,107 @@
+"""The studio in a real Chromium: pick a class and two orders, watch the panels fill, stop a run.
+
+Needs Debian's Chromium (`apt-get install chromium`); skipped without it. The browser may
+only reach the app itself: every other request is aborted, so nothing touches the network.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from playwright.sync_api import Page, Route, expect, sync_playwright
+from test_app import STEP, count_steps, serve  # the same in-process server as the API tests
+
+from rar_demo.orders import ORDER_NAMES
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def url() -> Iterator[str]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+    with serve() as local_url:
+        yield local_url
+
+
+@pytest.fixture
+def page(url: str) -> Iterator[Page]:
+    host = urlparse(url).netloc
+
+    def local_only(route: Route) -> None:
+        if urlparse(route.request.url).netloc == host:
+            route.continue_()
+        else:
+            route.abort()
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox", "--disable-background-networking", "--disable-gpu"],
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.route("**/*", local_only)
+        page.goto(url)
+        expect(page.get_by_role("button", name="Generate")).to_be_visible(timeout=30_000)
+        yield page
+        browser.close()
+
+
+def _choose(page: Page, class_name: str, orders: list[str], speed: int) -> None:
+    page.get_by_label("Class").click()
+    page.get_by_role("option", name=class_name).click()
+    for name in ORDER_NAMES:
+        page.get_by_label(name, exact=True).set_checked(name in orders)
+    speed_box = page.get_by_label("number input for Speed (steps per second)")
+    speed_box.fill(str(speed))
+    speed_box.press("Enter")
+
+
+def test_generation_animates_the_panels_then_shows_results(page: Page) -> None:
+    _choose(page, "Food & Drink", ["raster", "spiral"], speed=32)  # ~8 s: time to watch
+    panels = page.locator(".panel:visible")
+    expect(panels).to_have_count(2)
+    expect(panels.first).to_contain_text("raster")
+    expect(panels.last).to_contain_text("spiral")
+
+    page.get_by_role("button", name="Generate").click()
+    status = page.locator("#status")
+    expect(status).to_contain_text("Step", timeout=60_000)
+    shots = []
+    while "Done" not in status.inner_text() and len(shots) < 60:
+        shots.append(panels.first.screenshot())
+        time.sleep(0.25)
+    distinct = len(set(shots))
+    assert distinct >= 5, f"the panels changed only {distinct} times during the run"
+
+    expect(status).to_contain_text("Done", timeout=60_000)
+    expect(status).to_contain_text("Food & Drink")
+    for panel in panels.all():
+        expect(panel.locator("img")).to_be_visible()
+    expect(page.locator("#animation")).to_contain_text(".webp", timeout=30_000)
+    for plot in ("#order-plot", "#stats-plot"):  # order heatmaps, per-step confidence
+        expect(page.locator(f"{plot} img")).to_be_visible(timeout=30_000)
+
+
+def test_stop_ends_a_run_at_once(page: Page, monkeypatch: pytest.MonkeyPatch) -> None:
+    steps = count_steps(monkeypatch)
+    _choose(page, "Flags", ["random"], speed=8)  # 32 s if left alone
+    page.get_by_role("button", name="Generate").click()
+    status = page.locator("#status")
+    expect(status).to_contain_text("Step", timeout=60_000)
+    page.get_by_role("button", name="Stop").click()
+    time.sleep(1.0)
+    # Only the step counter: Gradio 6.31 sometimes badges a cancelled event's outputs "Error".
+    shown, taken = STEP.search(status.inner_text()).group(), len(steps)
+    time.sleep(1.5)  # a live run would take ~12 more steps
+    assert STEP.search(status.inner_text()).group() == shown
+    assert 0 < taken < 256 and len(steps) == taken
