@@ -23,6 +23,7 @@ to ONNX with the cache as plain inputs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -64,22 +65,28 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale) + shift
 
 
+def cache_bias(cache_len: int, input_pos: Tensor) -> Tensor:
+    """(N, T + N) additive attention bias for new tokens at slots input_pos (N,): the cached
+    slots before input_pos[0], then the new tokens causally; 0 where attended, -inf elsewhere."""
+    N = input_pos.shape[0]
+    past = torch.arange(cache_len, device=input_pos.device) >= input_pos[0]  # (T,)
+    future = torch.ones(N, N, dtype=torch.bool, device=input_pos.device).triu(1)
+    masked = torch.cat([past.expand(N, -1), future], dim=-1)
+    return torch.zeros(masked.shape, device=input_pos.device).masked_fill(masked, float("-inf"))
+
+
 def attend_with_cache(
-    q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, start: Tensor
+    q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, bias: Tensor, scale: float
 ) -> Tensor:
-    """Attention of N new tokens at slots start, start + 1, ... over the cached slots before
-    `start` and, causally, each other; the cache (B, H, T, hd) is only read.
+    """Attention of N new tokens over a cache (B, H, T, hd) that is only read, and over each
+    other; `bias` (see cache_bias) says which slots count.
 
     One softmax over [cache scores, own scores] equals attention over the written cache, without
     first copying the new keys into it (a copy of the whole cache in an ONNX graph).
     """
-    T, N = k_cache.shape[2], q.shape[2]
-    scale = q.shape[-1] ** -0.5
-    past = (q @ k_cache.transpose(-2, -1)) * scale  # (B, H, N, T)
-    past = past.masked_fill(torch.arange(T, device=q.device) >= start, float("-inf"))
-    own = (q @ k.transpose(-2, -1)) * scale  # (B, H, N, N)
-    future = torch.ones(N, N, dtype=torch.bool, device=q.device).triu(1)
-    weights = torch.cat([past, own.masked_fill(future, float("-inf"))], dim=-1).softmax(-1)
+    T = k_cache.shape[2]
+    scores = torch.cat([q @ k_cache.transpose(-2, -1), q @ k.transpose(-2, -1)], dim=-1)
+    weights = (scores * scale + bias).softmax(-1)  # (B, H, N, T + N)
     return weights[..., :T] @ v_cache + weights[..., T:] @ v  # (B, H, N, hd)
 
 
@@ -94,10 +101,10 @@ class Attention(nn.Module):
         self.proj = nn.Linear(config.hidden_size, config.hidden_size)
 
     def forward(
-        self, x: Tensor, cache: tuple[Tensor, Tensor] | None = None, input_pos: Tensor | None = None
+        self, x: Tensor, cache: tuple[Tensor, Tensor] | None = None, bias: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Returns the output and this call's keys and values (B, H, N, hd), which the caller
-        stores in the cache (read-only here) at slots input_pos."""
+        stores in the cache (read-only here). Without a cache, attention is causal over x."""
         B, N, D = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, N, hd)
@@ -105,7 +112,7 @@ class Attention(nn.Module):
         if cache is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
-            out = attend_with_cache(q, k, v, *cache, input_pos[0])
+            out = attend_with_cache(q, k, v, *cache, bias, self.head_dim**-0.5)
         out = out.transpose(1, 2).reshape(B, N, D)
         return self.proj(out), k, v
 
@@ -137,11 +144,12 @@ class Block(nn.Module):
         x: Tensor,
         mod: Tensor,
         cache: tuple[Tensor, Tensor] | None = None,
-        input_pos: Tensor | None = None,
+        bias: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """mod: this block's adaLN output (..., 6D). Returns x and the attention's keys, values."""
-        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mod.chunk(6, -1)
-        h, k, v = self.attn(modulate(self.norm1(x), shift_a, scale_a), cache, input_pos)
+        # split, not chunk: exports with constant sizes instead of a shape computation.
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mod.split(x.shape[-1], -1)
+        h, k, v = self.attn(modulate(self.norm1(x), shift_a, scale_a), cache, bias)
         x = x + gate_a * h
         return x + gate_m * self.mlp(modulate(self.norm2(x), shift_m, scale_m)), k, v
 
@@ -223,8 +231,10 @@ class RAR(nn.Module):
         x = x + torch.cat([pos[:PREFIX].expand(B, -1, -1), pos[PREFIX + orders]], dim=1)
         none = x.new_zeros(B, 1, x.shape[-1])
         x = x + torch.cat([none, target[PREFIX + orders], none], dim=1)  # (B, L + 2, D)
-        c = cond[:, None] + self.timesteps_embeddings[:, : L + PREFIX]  # (B, L + 2, D)
-        mods = self.modulation(c)
+        # adaLN depends only on (label, slot): run it once per distinct label, not per sample.
+        distinct, rows = labels.unique(return_inverse=True)
+        c = self.condition(distinct)[:, None] + self.timesteps_embeddings[:, : L + PREFIX]
+        mods = [m[rows] for m in self.modulation(c)]  # (B, L + 2, 6D) each, head's 2D last
         for block, mod in zip(self.blocks, mods[:-1], strict=True):
             x, _, _ = block(x, mod)
         return self.lm_head(self.adaln_before_head(x[:, 1:], mods[-1][:, 1:]))
@@ -259,17 +269,24 @@ class RAR(nn.Module):
         return Modulation(self.modulation_table(distinct), rows)
 
     def step(
-        self, x: Tensor, mods: list[Tensor], k_cache: Tensor, v_cache: Tensor, input_pos: Tensor
+        self,
+        x: Tensor,
+        mods: list[Tensor],
+        k_cache: Sequence[Tensor],
+        v_cache: Sequence[Tensor],
+        input_pos: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """The transformer on new tokens x (B, N, D) at slots input_pos (N,) with adaLN outputs
-        `mods`, against a cache (layers, B, H, T, hd) holding the slots before input_pos[0].
+        `mods`, against per-layer caches (B, H, T, hd) holding the slots before input_pos[0]
+        (a KVCache's k and v, or one ONNX input per layer: slicing one input would copy it).
 
         Returns the (B, V) logits of the last token and the new (layers, B, H, N, hd) keys and
         values, for the caller to store.
         """
+        bias = cache_bias(self.config.image_seq_len + 1, input_pos)  # (N, T + N)
         ks, vs = [], []
         for i, block in enumerate(self.blocks):
-            x, k, v = block(x, mods[i], (k_cache[i], v_cache[i]), input_pos)
+            x, k, v = block(x, mods[i], (k_cache[i], v_cache[i]), bias)
             ks.append(k)
             vs.append(v)
         logits = self.lm_head(self.adaln_before_head(x[:, -1], mods[-1][:, -1]))
