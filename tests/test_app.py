@@ -112,9 +112,8 @@ def test_renderer_bounds_decoding_and_previews_in_between(
         return real_decode(canvas)
 
     monkeypatch.setattr(pipe, "decode", slow_decode)
-    events = list(pipe.stream(0, ORDERS, seed=0))
     frames = []
-    for event in events[:100]:
+    for event in itertools.islice(pipe.stream(0, ORDERS, seed=0), 100):
         clock.now += 0.04  # one frame every 40 ms
         frames.append(render(event.canvas, event.positions))
     # 100 ms decodes may take a DECODE_SHARE of the time: one every 0.4 s at most.
