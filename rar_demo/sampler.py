@@ -73,7 +73,6 @@ def _pick(probs: Tensor, uniforms: Tensor | None) -> Tensor:
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_max(probs.shape[-1] - 1)
 
 
-@torch.inference_mode()
 def stream(
     model: Executor,
     labels: Tensor,
@@ -84,11 +83,11 @@ def stream(
     """Generates one image per row of `orders`, yielding a StepEvent after every step.
 
     labels (B,) class ids in [0, C); orders (B, L) with orders[b, i] the raster position of
-    step i. Stop at any time by abandoning or closing the iterator: the KV cache is local to
-    the generation and goes with it.
+    step i. Bad arguments raise ValueError here, before any work. Stop at any time by
+    abandoning or closing the iterator: the KV cache is local to the generation and goes
+    with it.
     """
     cfg = model.config
-    device = model.device
     B, L = orders.shape
     if L != cfg.image_seq_len:
         raise ValueError(f"orders have {L} positions, the model generates {cfg.image_seq_len}")
@@ -104,7 +103,15 @@ def stream(
         raise ValueError(f"labels must have shape ({B},), got {tuple(labels.shape)}")
     if labels.min() < 0 or labels.max() >= cfg.condition_num_classes:
         raise ValueError(f"class ids must be in [0, {cfg.condition_num_classes})")
+    return _steps(model, labels, orders, config, seed)
 
+
+@torch.no_grad()  # not inference_mode: consumers may edit the events' tensors in place
+def _steps(
+    model: Executor, labels: Tensor, orders: Tensor, config: SamplingConfig, seed: int
+) -> Iterator[StepEvent]:
+    cfg, device = model.config, model.device
+    B, L = orders.shape
     labels, orders = labels.to(device), orders.to(device)
     guided = config.guidance_scale != 0
     if guided:  # rows [0, B) conditional, [B, 2B) unconditional

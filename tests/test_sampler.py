@@ -403,8 +403,8 @@ def test_kv_cached_stream_equals_teacher_forced_argmax(model, labels) -> None:
 
 @pytest.mark.parametrize("labels", [[-1, 0], [0, C], [0, C + 7], [[0], [1]], [0, 1, 2]], ids=str)
 def test_invalid_labels_raise(model, labels) -> None:
-    with pytest.raises(ValueError):
-        next(iter(stream(model, torch.tensor(labels), _orders(None, 1), SAMPLE)))
+    with pytest.raises(ValueError):  # at the call, not at the first step
+        stream(model, torch.tensor(labels), _orders(None, 1), SAMPLE)
 
 
 @pytest.mark.parametrize(
@@ -422,4 +422,4 @@ def test_invalid_labels_raise(model, labels) -> None:
 )
 def test_invalid_orders_raise(model, orders) -> None:
     with pytest.raises(ValueError):
-        next(iter(stream(model, torch.tensor([0]), orders, SAMPLE)))
+        stream(model, torch.tensor([0]), orders, SAMPLE)
