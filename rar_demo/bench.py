@@ -15,6 +15,7 @@ import resource
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -40,6 +41,7 @@ class Case:
     path: str  # eager | fast
     orders: int  # images side by side, one generation order each: the batch
     reps: int = 1
+    threads: int | None = None  # intra-op threads (torch and ONNX Runtime); None: torch's default
 
 
 CPU_CASES = [
@@ -71,7 +73,9 @@ def quantize_int8(model: RAR) -> RAR:
 
     # lm_head stays fp32: RAR reads its weight for the device and dtype of new caches.
     spec = {"blocks": default_dynamic_qconfig}
-    return quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao eager quantization is deprecated for torchao
+        return quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
 
 
 def build(case: Case, device: str) -> tuple[Executor, Callable[[Tensor], Tensor]]:
@@ -101,6 +105,8 @@ def _sync(device: str) -> None:
 
 @torch.inference_mode()
 def measure(case: Case, device: str) -> dict:
+    if case.threads:
+        torch.set_num_threads(case.threads)
     executor, decode = build(case, device)
     cfg = executor.config
     sampling = SAMPLING_PRESETS[case.model]

@@ -65,14 +65,15 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale) + shift
 
 
-def cache_bias(cache_len: int, input_pos: Tensor) -> Tensor:
+def cache_bias(cache_len: int, input_pos: Tensor, dtype: torch.dtype) -> Tensor:
     """(N, T + N) additive attention bias for new tokens at slots input_pos (N,): the cached
     slots before input_pos[0], then the new tokens causally; 0 where attended, -inf elsewhere."""
     N = input_pos.shape[0]
     past = torch.arange(cache_len, device=input_pos.device) >= input_pos[0]  # (T,)
     future = torch.ones(N, N, dtype=torch.bool, device=input_pos.device).triu(1)
     masked = torch.cat([past.expand(N, -1), future], dim=-1)
-    return torch.zeros(masked.shape, device=input_pos.device).masked_fill(masked, float("-inf"))
+    bias = torch.zeros(masked.shape, dtype=dtype, device=input_pos.device)
+    return bias.masked_fill(masked, float("-inf"))
 
 
 def attend_with_cache(
@@ -278,12 +279,13 @@ class RAR(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """The transformer on new tokens x (B, N, D) at slots input_pos (N,) with adaLN outputs
         `mods`, against per-layer caches (B, H, T, hd) holding the slots before input_pos[0]
-        (a KVCache's k and v, or one ONNX input per layer: slicing one input would copy it).
+        (views of a KVCache, or one ONNX input per layer: slicing one input would copy it). T
+        may stop at input_pos[0], or run on over slots that are masked out.
 
         Returns the (B, V) logits of the last token and the new (layers, B, H, N, hd) keys and
         values, for the caller to store.
         """
-        bias = cache_bias(self.config.image_seq_len + 1, input_pos)  # (N, T + N)
+        bias = cache_bias(k_cache[0].shape[2], input_pos, x.dtype)  # (N, T + N)
         ks, vs = [], []
         for i, block in enumerate(self.blocks):
             x, k, v = block(x, mods[i], (k_cache[i], v_cache[i]), bias)
@@ -292,13 +294,16 @@ class RAR(nn.Module):
         logits = self.lm_head(self.adaln_before_head(x[:, -1], mods[-1][:, -1]))
         return logits, torch.stack(ks), torch.stack(vs)
 
-    def _decode(self, cache: KVCache, x: Tensor, labels: Tensor, slots: Tensor) -> Tensor:
+    def _decode(self, cache: KVCache, x: Tensor, labels: Tensor, first_slot: int) -> Tensor:
+        slots = torch.arange(first_slot, first_slot + x.shape[1], device=x.device)
         if cache.modulation is None:
             c = self.condition(labels)[:, None] + self.timesteps_embeddings[0, slots]  # (B, N, D)
             mods = self.modulation(c)
         else:
             mods = self.split_modulation(cache.modulation.at(slots))
-        logits, k, v = self.step(x, mods, cache.k, cache.v, slots)
+        # Only the slots written so far: attention reads half the static cache on average.
+        written = cache.k[:, :, :, :first_slot], cache.v[:, :, :, :first_slot]
+        logits, k, v = self.step(x, mods, *written, slots)
         cache.k.index_copy_(3, slots, k)
         cache.v.index_copy_(3, slots, v)
         return logits
@@ -310,7 +315,7 @@ class RAR(nn.Module):
         cls = self.cls_token[0].expand(B, -1) + pos[0]
         cond_in = self.condition(labels) + pos[1] + target[PREFIX + first_positions]
         x = torch.stack([cls, cond_in], dim=1)  # (B, 2, D)
-        return self._decode(cache, x, labels, torch.arange(PREFIX, device=x.device))
+        return self._decode(cache, x, labels, first_slot=0)
 
     def decode_step(
         self,
@@ -328,5 +333,4 @@ class RAR(nn.Module):
         """
         pos, target = self.pos_embed[0], self.target_aware_pos_embed[0]
         x = self.embeddings(tokens) + pos[PREFIX + positions] + target[PREFIX + next_positions]
-        slot = torch.tensor([step + 1], device=x.device)
-        return self._decode(cache, x[:, None], labels, slot)
+        return self._decode(cache, x[:, None], labels, first_slot=step + 1)

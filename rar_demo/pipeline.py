@@ -113,11 +113,10 @@ def load_pipeline(
     generator, classes = load_generator(name, device=device, dtype=dtype)
     # The tokenizer is small and its decode is precision-sensitive: keep it in fp32.
     tokenizer = load_tokenizer(name, device=device)
-    pipe = Pipeline(name, generator, tokenizer, classes, SAMPLING_PRESETS[name])
+    executor, decoder = None, None  # the torch modules' fast path
     if backend == "onnx":
         from .backends.onnx import OnnxDecoder, OnnxExecutor, ensure_export
 
         directory = ensure_export(name, generator, tokenizer, int8=int8)
-        pipe.executor = OnnxExecutor(directory, int8=int8)
-        pipe.decoder = OnnxDecoder(directory).decode
-    return pipe
+        executor, decoder = OnnxExecutor(directory, int8=int8), OnnxDecoder(directory).decode
+    return Pipeline(name, generator, tokenizer, classes, SAMPLING_PRESETS[name], executor, decoder)
