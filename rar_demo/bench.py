@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .backends import Executor, TorchExecutor
 from .config import RAR_PRESETS, SAMPLING_PRESETS, VQGAN_PRESETS
@@ -63,8 +63,14 @@ def random_models(name: str, seed: int = 0) -> tuple[RAR, VQGAN]:
     """Generator and tokenizer of model `name` at their real sizes, with seeded random weights
     (seeded, so that an ONNX export of them is found in the cache next time)."""
     torch.manual_seed(seed)
+    model = RAR(RAR_PRESETS[name]).eval()
+    # The official init zeroes the adaLN weights; trained ones are not, and identical zero
+    # matrices would be merged into one by the ONNX exporter.
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=0.02)
     tokenizer = VQGAN_PRESETS["bundled" if name == "bundled" else TOKENIZER.preset]
-    return RAR(RAR_PRESETS[name]).eval(), VQGAN(tokenizer).eval()
+    return model, VQGAN(tokenizer).eval()
 
 
 def quantize_int8(model: RAR) -> RAR:

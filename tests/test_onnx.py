@@ -17,12 +17,13 @@ from safetensors import safe_open
 
 from rar_demo.backends import TorchExecutor
 from rar_demo.backends.onnx import (
-    INT8_STEP_FILE,
+    QUANTIZED,
     STEP_FILE,
     OnnxDecoder,
     OnnxExecutor,
     ensure_export,
     export_all,
+    int8_name,
 )
 from rar_demo.config import RARConfig, SamplingConfig, VQGANConfig
 from rar_demo.model import RAR
@@ -140,7 +141,7 @@ def test_vqgan_decoder_matches_torch(case) -> None:
 def test_int8_keeps_the_logits(case) -> None:
     """int8 weights move the logits a little, not the distribution: same shape, close argmax."""
     t, _, _, labels, out = case
-    assert (out / INT8_STEP_FILE).is_file()
+    assert all((out / int8_name(f)).is_file() for f in QUANTIZED)
     fp32 = _teacher_forced(OnnxExecutor(out), t, labels).flatten(0, 1)
     int8 = _teacher_forced(OnnxExecutor(out, int8=True), t, labels).flatten(0, 1)
     assert not torch.equal(int8, fp32)  # really quantized
@@ -156,9 +157,9 @@ def test_export_is_cached_by_weights(case, tmp_path, monkeypatch) -> None:
     stamp = (first / STEP_FILE).stat().st_mtime_ns
     assert ensure_export("tiny", model, tokenizer) == first
     assert (first / STEP_FILE).stat().st_mtime_ns == stamp  # found, not exported again
-    assert not (first / INT8_STEP_FILE).exists()
+    assert not any((first / int8_name(f)).exists() for f in QUANTIZED)
     assert ensure_export("tiny", model, tokenizer, int8=True) == first  # quantized on demand
-    assert (first / INT8_STEP_FILE).is_file()
+    assert all((first / int8_name(f)).is_file() for f in QUANTIZED)
     with torch.no_grad():
         model.lm_head.bias.add_(1.0)
     try:

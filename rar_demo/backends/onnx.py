@@ -5,7 +5,8 @@ An export directory holds:
     modulation.onnx       (U,) labels -> (T, U, M) adaLN table, once per generation
     decode_step.onnx      one token per sample against a static KV cache (`RAR.step`)
     decoder.onnx          (B, N) codes -> (B, 3, H, W) pixels
-    decode_step.int8.onnx the decode step with dynamically quantized int8 weights (optional)
+    *.int8.onnx           modulation and decode step with dynamically quantized int8 weights
+                          (optional: --int8)
     export.json           configs and format version; written last, so it marks a whole export
 
 The decode step reads the cache and returns only the new slot's keys and values; the executor
@@ -34,12 +35,17 @@ from ..vqgan import VQGAN
 
 FORMAT = 2  # bump when the graphs' inputs, outputs or semantics change: invalidates caches
 OPSET = 18
+MODULATION_FILE = "modulation.onnx"
 STEP_FILE = "decode_step.onnx"
 DECODER_FILE = "decoder.onnx"
-# Only the decode step is quantized: it runs 256 times and is bound by reading its weights.
-# The modulation runs once per generation; the decoder is compute-bound, and ONNX Runtime's
-# dynamically quantized convolution (ConvInteger) is several times slower than fp32 on CPU.
-INT8_STEP_FILE = "decode_step.int8.onnx"
+# Only the generator is quantized (the step is bound by reading its weights, the modulation is
+# one big GEMM). ONNX Runtime's dynamically quantized convolution (ConvInteger) is several
+# times slower than fp32 on CPU, so the decoder stays fp32.
+QUANTIZED = (MODULATION_FILE, STEP_FILE)
+
+
+def int8_name(file: str) -> str:
+    return file.removesuffix(".onnx") + ".int8.onnx"
 
 
 def cache_root() -> Path:
@@ -138,7 +144,7 @@ def export_generator(model: RAR, out: Path) -> None:
         _export(
             _ModulationTable(model),
             (labels,),
-            out / "modulation.onnx",
+            out / MODULATION_FILE,
             {"labels": {0: "labels"}, "table": {1: "labels"}},
         )
         _export(
@@ -173,10 +179,11 @@ def export_decoder(tokenizer: VQGAN, out: Path) -> None:
 
 
 def quantize(out: Path) -> None:
-    """Adds the int8 decode step: weights int8 per output channel, activations per call."""
-    tmp = out / f"{INT8_STEP_FILE}.tmp"
-    quantize_dynamic(out / STEP_FILE, tmp, weight_type=QuantType.QInt8, per_channel=True)
-    os.replace(tmp, out / INT8_STEP_FILE)
+    """Adds *.int8.onnx: weights int8 per output channel, activations quantized per call."""
+    for file in QUANTIZED:
+        tmp = out / f"{int8_name(file)}.tmp"
+        quantize_dynamic(out / file, tmp, weight_type=QuantType.QInt8, per_channel=True)
+        os.replace(tmp, out / int8_name(file))
 
 
 def write_manifest(out: Path, model: RAR, tokenizer: VQGAN) -> None:
@@ -220,7 +227,7 @@ def ensure_export(name: str, model: RAR, tokenizer: VQGAN, int8: bool = False) -
             os.replace(tmp, out)
         except OSError:  # another process finished first: keep its export
             shutil.rmtree(tmp)
-    elif int8 and not (out / INT8_STEP_FILE).is_file():
+    elif int8 and not all((out / int8_name(f)).is_file() for f in QUANTIZED):
         quantize(out)
     return out
 
@@ -270,8 +277,8 @@ class OnnxExecutor:
     def __init__(self, directory: Path, int8: bool = False, threads: int | None = None) -> None:
         manifest = json.loads((directory / "export.json").read_text())
         self.config = RARConfig.from_dict(manifest["generator"])
-        self._modulation = session(directory / "modulation.onnx", threads)
-        self._step = session(directory / (INT8_STEP_FILE if int8 else STEP_FILE), threads)
+        files = [int8_name(f) if int8 else f for f in (MODULATION_FILE, STEP_FILE)]
+        self._modulation, self._step = (session(directory / f, threads) for f in files)
         self.device = _device(self._step)
 
     def new_cache(self, batch_size: int) -> KVCache:
