@@ -25,6 +25,7 @@ from rar_demo.backends.onnx import (
     export_all,
     int8_name,
 )
+from rar_demo.bench import Case, measure
 from rar_demo.config import RARConfig, SamplingConfig, VQGANConfig
 from rar_demo.model import RAR
 from rar_demo.pipeline import load_pipeline
@@ -185,3 +186,13 @@ def test_bundled_pipeline_on_onnx(tmp_path, monkeypatch) -> None:
     torch.testing.assert_close(finals[0][1], finals[1][1], atol=1e-3, rtol=0)
     with pytest.raises(ValueError, match="backend"):
         load_pipeline("bundled", backend="tensorrt")
+
+
+def test_bench_measures_onnx(tmp_path, monkeypatch) -> None:
+    """One bench measurement end to end, with the keys the README table is built from."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    row = measure(Case("bundled", "onnx", "int8", "fast", orders=2), "cpu")
+    assert row["backend"] == "onnx" and row["dtype"] == "int8" and row["batch"] == 2
+    assert row["seconds_per_image"] >= row["decode_seconds"] > 0
+    assert row["tokens_per_s"] > 0 and row["peak_mem_mb"] > 0
+    assert row["device"] == "cpu" and row["path"] == "fast" and row["orders"] == 2
