@@ -20,10 +20,12 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -111,20 +113,29 @@ def _export(
 ) -> None:
     names = list(dynamic)
     n_in = len(args)
-    with warnings.catch_warnings():
-        # The TorchScript exporter (no onnxscript dependency) is deprecated in favour of the
-        # torch.export one; it exports these static graphs fine.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module.eval(),
-            args,
-            str(path),
-            input_names=names[:n_in],
-            output_names=names[n_in:],
-            dynamic_axes=dynamic,
-            opset_version=OPSET,
-            dynamo=False,
-        )
+    # Past protobuf's 2 GB (RAR-XL and up) the exporter writes one file per weight beside the
+    # model: export into a scratch directory, then keep one model file and at most one data file.
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+        tmp = Path(scratch) / path.name
+        with warnings.catch_warnings():
+            # The TorchScript exporter (no onnxscript dependency) is deprecated in favour of the
+            # torch.export one; it exports these static graphs fine.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module.eval(),
+                args,
+                str(tmp),
+                input_names=names[:n_in],
+                output_names=names[n_in:],
+                dynamic_axes=dynamic,
+                opset_version=OPSET,
+                dynamo=False,
+            )
+        if len(list(Path(scratch).iterdir())) == 1:
+            os.replace(tmp, path)
+        else:
+            data = f"{path.name}.data"
+            onnx.save_model(onnx.load(tmp), path, save_as_external_data=True, location=data)
 
 
 def _cache_names(layers: int) -> list[str]:
