@@ -95,7 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         choices=BACKENDS,
         help="onnx: run an ONNX export with ONNX Runtime (exported on first use, then cached)",
     )
-    gen.add_argument("--int8", action="store_true", help="onnx backend: int8 decode-step weights")
+    gen.add_argument(
+        "--int8",
+        action="store_true",
+        help="onnx backend, official models: int8 weights (faster; samples differ from fp32)",
+    )
     args = parser.parse_args(argv)
     if args.scale is None:
         args.scale = 4 if args.model == "bundled" else 1

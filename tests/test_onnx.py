@@ -186,6 +186,8 @@ def test_bundled_pipeline_on_onnx(tmp_path, monkeypatch) -> None:
     torch.testing.assert_close(finals[0][1], finals[1][1], atol=1e-3, rtol=0)
     with pytest.raises(ValueError, match="backend"):
         load_pipeline("bundled", backend="tensorrt")
+    with pytest.raises(ValueError, match="int8"):  # it changes the small model's pictures
+        load_pipeline("bundled", backend="onnx", int8=True)
 
 
 def test_bench_measures_onnx(tmp_path, monkeypatch) -> None:
