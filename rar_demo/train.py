@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import hub
 from .config import RAR_PRESETS, VQGAN_PRESETS, RARConfig, VQGANConfig
 from .data import CACHE_PATH, EmojiDataset, load_or_build
-from .hub import save_bundled
 from .model import RAR
 from .vqgan import VQGAN
 
@@ -148,8 +148,13 @@ def load_checkpoint(folder: Path) -> tuple[dict, dict]:
     return state["config"], state["model"]
 
 
-def load_tokenizer(folder: Path, device: str = "cpu") -> VQGAN:
-    config, weights = load_checkpoint(folder)
+def load_tokenizer(path: Path, device: str = "cpu") -> VQGAN:
+    """A tokenizer from a training run's folder, or from exported bundled weights (a file),
+    so a later session can go on from what ships in assets/."""
+    path = Path(path)
+    if path.is_file():
+        return hub.load_tokenizer("bundled", weights=path, device=device).requires_grad_(True)
+    config, weights = load_checkpoint(path)
     model = VQGAN(VQGANConfig.from_dict(config))
     model.load_state_dict(weights)
     return model.to(device).eval()
@@ -281,6 +286,8 @@ def train_generator(args: argparse.Namespace) -> None:
     config = generator_config(args.preset, len(data.class_names), tokenizer.config.codebook_size)
     torch.manual_seed(args.seed)
     model = RAR(config).to(device)
+    if args.init:  # go on from exported weights (fp16), e.g. the shipped bundled generator
+        model.load_state_dict(hub.load_generator("bundled", weights=args.init)[0].state_dict())
     # As in the official recipe: no weight decay on norms, biases and embedding tables.
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
@@ -323,8 +330,8 @@ def export(args: argparse.Namespace) -> None:
     generator = RAR(RARConfig.from_dict(config))
     generator.load_state_dict(weights)
     classes = list(load_or_build(args.data).class_names)
-    save_bundled(tokenizer, args.out / "tokenizer.safetensors")
-    save_bundled(generator, args.out / "generator.safetensors", class_names=classes)
+    hub.save_bundled(tokenizer, args.out / "tokenizer.safetensors")
+    hub.save_bundled(generator, args.out / "generator.safetensors", class_names=classes)
     sizes = {p.name: p.stat().st_size for p in args.out.glob("*.safetensors")}
     print(json.dumps({"exported": str(args.out), "bytes": sizes}))
 
@@ -359,7 +366,14 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--restart-every", type=int, default=200)
             p.add_argument("--crop", type=int, default=32)
         else:
-            p.add_argument("--tokenizer", type=Path, required=True)
+            p.add_argument(
+                "--tokenizer",
+                type=Path,
+                required=True,
+                help="a tokenizer run folder or exported tokenizer.safetensors",
+            )
+        if name == "generator":
+            p.add_argument("--init", type=Path, help="start from exported generator weights")
     p = sub.add_parser("export", help="write the trained runs into assets/bundled")
     p.add_argument("--tokenizer", type=Path, required=True)
     p.add_argument("--generator", type=Path, required=True)

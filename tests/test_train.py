@@ -174,3 +174,25 @@ def test_training_runs_resume_and_export(tiny_dataset, tmp_path, capsys) -> None
     assert classes == EMOJI_CLASSES
     assert model.config.condition_num_classes == len(EMOJI_CLASSES)
     assert load_tokenizer("bundled", weights=out / "tokenizer.safetensors").config.resolution == 64
+
+    # A later session goes on from the shipped weights alone (runs/ is not kept).
+    more = tmp_path / "more"
+    main(
+        [
+            "generator",
+            "--out",
+            str(more),
+            "--tokenizer",
+            str(out / "tokenizer.safetensors"),
+            "--init",
+            str(out / "generator.safetensors"),
+            "--steps",
+            "1",
+            "--lr",
+            "1e-12",
+            *common,
+        ]
+    )
+    resumed = load_checkpoint(more)[1]
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(resumed[key], value, atol=1e-6, rtol=0)
