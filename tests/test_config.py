@@ -7,6 +7,7 @@ import json
 import math
 
 import pytest
+from tiny import TINY_RAR, TINY_VQGAN
 
 from rar_demo.config import (
     RAR_PRESETS,
@@ -18,23 +19,8 @@ from rar_demo.config import (
 )
 from rar_demo.vqgan import VQGAN
 
-SMALL_RAR = dict(
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=64,
-    codebook_size=64,
-    image_seq_len=16,
-    condition_num_classes=5,
-)
-SMALL_VQGAN = dict(
-    channel_mult=(1, 2),
-    hidden_channels=32,
-    num_res_blocks=1,
-    resolution=8,
-    z_channels=8,
-    codebook_size=64,
-)
+SMALL_RAR = TINY_RAR.to_dict()
+SMALL_VQGAN = TINY_VQGAN.to_dict()
 
 # --- RARConfig ------------------------------------------------------------------------------
 

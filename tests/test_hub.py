@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,11 @@ from huggingface_hub import constants
 from huggingface_hub.errors import LocalEntryNotFoundError
 from safetensors import safe_open
 from safetensors.torch import save_file
+from tiny import TINY_RAR, TINY_VQGAN
 from torch import nn
 
 from rar_demo import hub
-from rar_demo.config import RARConfig, SamplingConfig, VQGANConfig
+from rar_demo.config import SamplingConfig
 from rar_demo.hub import (
     GENERATORS,
     IMAGENET_CLASSES,
@@ -35,31 +37,8 @@ from rar_demo.orders import make_order
 from rar_demo.pipeline import Pipeline
 from rar_demo.vqgan import VQGAN
 
-RAR_CONFIG = RARConfig(
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=64,
-    codebook_size=64,
-    image_seq_len=16,
-    condition_num_classes=10,  # one per entry of CLASSES below
-)
-VQGAN_CONFIG = VQGANConfig(
-    channel_mult=(1, 2),
-    hidden_channels=32,
-    num_res_blocks=1,
-    resolution=8,
-    z_channels=8,
-    codebook_size=64,
-)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+RAR_CONFIG = replace(TINY_RAR, condition_num_classes=10)  # one per entry of CLASSES
+VQGAN_CONFIG = TINY_VQGAN
 
 
 def _random(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import TINY_RAR, TINY_VQGAN
 
-from rar_demo.config import RAR_PRESETS, VQGAN_PRESETS, RARConfig, VQGANConfig
+from rar_demo.config import RAR_PRESETS, VQGAN_PRESETS
 from rar_demo.hub import GENERATORS, TOKENIZER, build
 from rar_demo.model import RAR
 from rar_demo.vqgan import VQGAN
@@ -33,34 +34,6 @@ OFFICIAL = [
 
 # Parameter counts from the RAR paper (Table 1 / README): 261M, 461M, 955M, 1499M.
 PAPER_PARAMS = {"rar_b": 261e6, "rar_l": 461e6, "rar_xl": 955e6, "rar_xxl": 1499e6}
-
-TINY_RAR = RARConfig(
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=64,
-    codebook_size=64,
-    image_seq_len=16,
-    condition_num_classes=5,
-)
-TINY_VQGAN = VQGANConfig(
-    channel_mult=(1, 2),
-    hidden_channels=32,
-    num_res_blocks=1,
-    resolution=8,
-    z_channels=8,
-    codebook_size=64,
-)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: extra intra-op threads only add contention (a training job may share the
-    # cores), which makes these tests two orders of magnitude slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -12,35 +12,18 @@ import math
 
 import pytest
 import torch
+from tiny import TINY_RAR
 from torch import nn
 
-from rar_demo.config import RARConfig, SamplingConfig
+from rar_demo.config import SamplingConfig
 from rar_demo.model import RAR
 from rar_demo.sampler import filter_logits, generate, guidance_scale, stream
 
-CONFIG = RARConfig(
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=64,
-    codebook_size=64,
-    image_seq_len=16,
-    condition_num_classes=5,
-)
+CONFIG = TINY_RAR
 L, V, C = CONFIG.image_seq_len, CONFIG.codebook_size, CONFIG.condition_num_classes
 
 GREEDY = SamplingConfig(greedy=True)
 SAMPLE = SamplingConfig(temperature=1.0)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: extra intra-op threads only add contention (a training job may share the
-    # cores), which makes these tests two orders of magnitude slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
