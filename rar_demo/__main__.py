@@ -31,7 +31,14 @@ def _sampling(pipe: Pipeline, args: argparse.Namespace) -> SamplingConfig:
 
 
 def generate(args: argparse.Namespace) -> None:
-    pipe = load_pipeline(args.model, device=args.device, backend=args.backend, int8=args.int8)
+    pipe = load_pipeline(
+        args.model,
+        device=args.device,
+        backend=args.backend,
+        int8=args.int8,
+        weights=args.weights,
+        tokenizer_weights=args.tokenizer_weights,
+    )
     class_id = pipe.class_id(args.class_)
     orders = args.order or ["raster"]
     sampling = _sampling(pipe, args)
@@ -78,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         help=f"one of {', '.join(ORDER_NAMES)}; repeat for a side-by-side sheet (default raster)",
     )
+    gen.add_argument("--weights", type=Path, help="local generator weights instead of the Hub")
+    gen.add_argument("--tokenizer-weights", type=Path, help="local tokenizer weights")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--out", type=Path, default=Path("rar.png"))
     gen.add_argument("--gif", action="store_true", help="also write the token-by-token animation")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -99,8 +100,12 @@ def load_pipeline(
     dtype: torch.dtype = torch.float32,
     backend: str = "torch",
     int8: bool = False,
+    weights: Path | str | None = None,
+    tokenizer_weights: Path | str | None = None,
 ) -> Pipeline:
-    """backend "onnx" runs an fp32 (or, with int8, a quantized) ONNX export of the weights,
+    """`weights` / `tokenizer_weights`: local files instead of the Hub or the bundled ones.
+
+    backend "onnx" runs an fp32 (or, with int8, a quantized) ONNX export of the weights,
     exported on first use and cached; ONNX Runtime picks the device (CUDA where present)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -114,9 +119,9 @@ def load_pipeline(
         # Measured: int8 keeps 98.5% of the next-token argmaxes but a different token early on
         # changes the whole sample; the small model is fast in fp32 anyway.
         raise ValueError("int8 changes the bundled model's pictures; it runs fast in fp32")
-    generator, classes = load_generator(name, device=device, dtype=dtype)
+    generator, classes = load_generator(name, weights, device=device, dtype=dtype)
     # The tokenizer is small and its decode is precision-sensitive: keep it in fp32.
-    tokenizer = load_tokenizer(name, device=device)
+    tokenizer = load_tokenizer(name, tokenizer_weights, device=device)
     executor, decoder = None, None  # the torch modules' fast path
     if backend == "onnx":
         from .backends.onnx import OnnxDecoder, OnnxExecutor, ensure_export

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import torch
 from PIL import Image
 
 from rar_demo.__main__ import main
+from rar_demo.hub import BUNDLED_DIR
 from rar_demo.pipeline import load_pipeline
 from rar_demo.sampler import generate
 
@@ -70,6 +72,41 @@ def test_bad_input_is_one_clear_line(args, message, tmp_path, capsys) -> None:
     assert len(err.splitlines()) == 1 and err.startswith("error: ")
     assert message in err.lower() or message in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_local_weights(tmp_path) -> None:
+    # A copy of the shipped files stands in for a locally downloaded checkpoint.
+    out = tmp_path / "local.png"
+    local = tmp_path / "weights"
+    shutil.copytree(BUNDLED_DIR, local)
+    code = main(
+        [
+            "generate",
+            "--class",
+            "Flags",
+            "--out",
+            str(out),
+            "--weights",
+            str(local / "generator.safetensors"),
+            "--tokenizer-weights",
+            str(local / "tokenizer.safetensors"),
+        ]
+    )
+    assert code == 0 and out.exists()
+    assert (
+        main(
+            [
+                "generate",
+                "--class",
+                "Flags",
+                "--out",
+                str(out),
+                "--weights",
+                str(tmp_path / "missing.safetensors"),
+            ]
+        )
+        == 2
+    )
 
 
 def test_module_entry_point(tmp_path) -> None:
