@@ -7,8 +7,18 @@ parity fixture maps onto a dataclass one to one (`from_dict`).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Self
+
+
+def _require_positive_ints(config: object, names: Iterable[str]) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(
+                f"{type(config).__name__}.{name} must be a positive int, got {value!r}"
+            )
 
 
 def _pick(cls: type, data: dict[str, Any]) -> dict[str, Any]:
@@ -29,10 +39,7 @@ class RARConfig:
     condition_num_classes: int = 1000
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"RARConfig.{f.name} must be a positive int, got {value!r}")
+        _require_positive_ints(self, (f.name for f in fields(self)))
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not divisible by "
@@ -86,17 +93,17 @@ class VQGANConfig:
             not isinstance(m, int) or m <= 0 for m in self.channel_mult
         ):
             raise ValueError(f"channel_mult must be positive ints, got {self.channel_mult}")
-        for name in (
-            "hidden_channels",
-            "num_channels",
-            "num_res_blocks",
-            "resolution",
-            "z_channels",
-            "codebook_size",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"VQGANConfig.{name} must be a positive int, got {value!r}")
+        _require_positive_ints(
+            self,
+            (
+                "hidden_channels",
+                "num_channels",
+                "num_res_blocks",
+                "resolution",
+                "z_channels",
+                "codebook_size",
+            ),
+        )
         # GroupNorm(32) runs on every feature map, including the encoder's conv_in output
         # (hidden_channels wide, i.e. multiplier 1) that the first down block normalises.
         for m in (1, *self.channel_mult):

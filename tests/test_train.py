@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny import TINY_RAR
 
-from rar_demo.config import RARConfig, VQGANConfig
+from rar_demo.config import VQGANConfig
 from rar_demo.data import EMOJI_CLASSES, EmojiDataset
 from rar_demo.hub import load_generator, load_tokenizer
 from rar_demo.model import RAR
@@ -49,29 +50,16 @@ def test_sample_orders_by_ratio() -> None:
     assert not torch.equal(shuffled, raster)
 
 
-def _tiny_rar() -> RAR:
-    return RAR(
-        RARConfig(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            codebook_size=32,
-            image_seq_len=16,
-            condition_num_classes=3,
-        )
-    )
-
-
 def test_generator_steps_lower_the_loss() -> None:
     torch.manual_seed(0)
-    model = _tiny_rar()
-    tokens = torch.randint(0, 32, (8, 16))
-    labels = torch.randint(0, 3, (8,))
+    model = RAR(TINY_RAR)
+    V = TINY_RAR.codebook_size
+    tokens = torch.randint(0, V, (8, 16))
+    labels = torch.randint(0, TINY_RAR.condition_num_classes, (8,))
     orders = sample_orders(8, 16, 0.5, torch.Generator().manual_seed(0))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     first = rar_loss(model, tokens, labels, orders)
-    assert first.item() == pytest.approx(np.log(32), rel=0.05)  # untrained: uniform over codes
+    assert first.item() == pytest.approx(np.log(V), rel=0.05)  # untrained: uniform over codes
     for _ in range(20):
         loss = rar_loss(model, tokens, labels, orders)
         opt.zero_grad()
