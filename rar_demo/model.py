@@ -294,16 +294,20 @@ class RAR(nn.Module):
         logits = self.lm_head(self.adaln_before_head(x[:, -1], mods[-1][:, -1]))
         return logits, torch.stack(ks), torch.stack(vs)
 
-    def _decode(self, cache: KVCache, x: Tensor, labels: Tensor, first_slot: int) -> Tensor:
-        slots = torch.arange(first_slot, first_slot + x.shape[1], device=x.device)
+    def _decode(
+        self, cache: KVCache, x: Tensor, labels: Tensor, first_slot: int | Tensor
+    ) -> Tensor:
+        slots = first_slot + torch.arange(x.shape[1], device=x.device)
         if cache.modulation is None:
             c = self.condition(labels)[:, None] + self.timesteps_embeddings[0, slots]  # (B, N, D)
             mods = self.modulation(c)
         else:
             mods = self.split_modulation(cache.modulation.at(slots))
-        # Only the slots written so far: attention reads half the static cache on average.
-        written = cache.k[:, :, :, :first_slot], cache.v[:, :, :, :first_slot]
-        logits, k, v = self.step(x, mods, *written, slots)
+        if isinstance(first_slot, Tensor):  # static shapes: the whole cache, later slots masked
+            logits, k, v = self.step(x, mods, cache.k, cache.v, slots)
+        else:  # only the slots written so far: attention reads half the cache on average
+            written = cache.k[:, :, :, :first_slot], cache.v[:, :, :, :first_slot]
+            logits, k, v = self.step(x, mods, *written, slots)
         cache.k.index_copy_(3, slots, k)
         cache.v.index_copy_(3, slots, v)
         return logits
@@ -320,7 +324,7 @@ class RAR(nn.Module):
     def decode_step(
         self,
         cache: KVCache,
-        step: int,
+        step: int | Tensor,
         tokens: Tensor,
         positions: Tensor,
         next_positions: Tensor,
@@ -329,7 +333,9 @@ class RAR(nn.Module):
         """Feeds the token of step - 1 and returns the (B, V) logits of `step` (1 <= step < L).
 
         tokens (B,) the token generated at step - 1, positions (B,) its raster position,
-        next_positions (B,) the raster position that `step` will fill.
+        next_positions (B,) the raster position that `step` will fill. With `step` a 0-d tensor
+        on the model's device, every shape and index stays the same from step to step, so one
+        captured CUDA graph replays any step (see backends.graphs).
         """
         pos, target = self.pos_embed[0], self.target_aware_pos_embed[0]
         x = self.embeddings(tokens) + pos[PREFIX + positions] + target[PREFIX + next_positions]

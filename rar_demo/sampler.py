@@ -9,7 +9,6 @@ out the same whether it is generated alone or next to others.
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -73,20 +72,7 @@ def _pick(probs: Tensor, uniforms: Tensor | None) -> Tensor:
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_max(probs.shape[-1] - 1)
 
 
-def stream(
-    model: Executor,
-    labels: Tensor,
-    orders: Tensor,
-    config: SamplingConfig,
-    seed: int = 0,
-) -> Iterator[StepEvent]:
-    """Generates one image per row of `orders`, yielding a StepEvent after every step.
-
-    labels (B,) class ids in [0, C); orders (B, L) with orders[b, i] the raster position of
-    step i. Bad arguments raise ValueError here, before any work. Stop at any time by
-    abandoning or closing the iterator: the KV cache is local to the generation and goes
-    with it.
-    """
+def _validate(model: Executor, labels: Tensor, orders: Tensor) -> None:
     cfg = model.config
     B, L = orders.shape
     if L != cfg.image_seq_len:
@@ -103,13 +89,75 @@ def stream(
         raise ValueError(f"labels must have shape ({B},), got {tuple(labels.shape)}")
     if labels.min() < 0 or labels.max() >= cfg.condition_num_classes:
         raise ValueError(f"class ids must be in [0, {cfg.condition_num_classes})")
-    return _steps(model, labels, orders, config, seed)
 
 
-@torch.no_grad()  # not inference_mode: consumers may edit the events' tensors in place
-def _steps(
+def stream(
+    model: Executor,
+    labels: Tensor,
+    orders: Tensor,
+    config: SamplingConfig,
+    seed: int = 0,
+) -> Iterator[StepEvent]:
+    """Generates one image per row of `orders`, yielding a StepEvent after every step.
+
+    labels (B,) class ids in [0, C); orders (B, L) with orders[b, i] the raster position of
+    step i. Bad arguments raise ValueError here, before any work. Stop at any time by
+    abandoning or closing the iterator: the KV cache is local to the generation and goes
+    with it.
+    """
+    _validate(model, labels, orders)
+    return _events(model, labels, orders, config, seed)
+
+
+def generate(
+    model: Executor, labels: Tensor, orders: Tensor, config: SamplingConfig, seed: int = 0
+) -> Tensor:
+    """Generates without streaming; returns the (B, L) tokens by raster position, on the CPU.
+
+    The same tokens as `stream`, but nothing leaves the device until the end, so on a GPU the
+    host queues steps ahead of the kernels instead of waiting for each one.
+    """
+    _validate(model, labels, orders)
+    orders = orders.to(model.device)
+    B, L = orders.shape
+    canvas = torch.empty((B, L), dtype=torch.long, device=model.device)
+    rows = torch.arange(B, device=model.device)
+    for step, tokens, _ in _sample(model, labels, orders, config, seed):
+        canvas[rows, orders[:, step]] = tokens
+    return canvas.cpu()
+
+
+def _events(
     model: Executor, labels: Tensor, orders: Tensor, config: SamplingConfig, seed: int
 ) -> Iterator[StepEvent]:
+    orders = orders.cpu()
+    B, L = orders.shape
+    canvas = torch.full((B, L), -1, dtype=torch.long)
+    rows = torch.arange(B)
+    for step, tokens, probs in _sample(model, labels, orders, config, seed):
+        chosen = probs.gather(1, tokens[:, None]).squeeze(1)
+        entropy = torch.special.entr(probs).sum(-1)
+        # One device-to-host copy per step: each copy waits for the GPU.
+        packed = torch.stack([tokens.to(probs.dtype), chosen, entropy]).cpu()  # (3, B)
+        tokens = packed[0].long()
+        positions = orders[:, step].clone()  # the caller's orders stay theirs
+        canvas[rows, positions] = tokens
+        yield StepEvent(
+            step=step,
+            num_steps=L,
+            positions=positions,
+            tokens=tokens,
+            probs=packed[1],
+            entropy=packed[2],
+            canvas=canvas.clone(),
+        )
+
+
+@torch.no_grad()  # not inference_mode: what it yields is used outside it
+def _sample(
+    model: Executor, labels: Tensor, orders: Tensor, config: SamplingConfig, seed: int
+) -> Iterator[tuple[int, Tensor, Tensor]]:
+    """Yields (step, tokens (B,), probs (B, V)) on the model's device, never waiting on it."""
     cfg, device = model.config, model.device
     B, L = orders.shape
     labels, orders = labels.to(device), orders.to(device)
@@ -119,8 +167,6 @@ def _steps(
         orders = orders.repeat(2, 1)
     uniforms = None if config.greedy else draw_uniforms(seed, B, L).to(device)
     cache = model.new_cache(labels.shape[0])
-    canvas = torch.full((B, L), -1, dtype=torch.long, device=device)
-    rows = torch.arange(B, device=device)
 
     logits = model.prefill(cache, labels, orders[:, 0])
     for step in range(L):
@@ -131,27 +177,9 @@ def _steps(
         logits = filter_logits(logits / config.temperature, config.top_k, config.top_p)
         probs = F.softmax(logits, dim=-1)
         tokens = _pick(probs, None if uniforms is None else uniforms[:, step])
-        positions = orders[:B, step]
-        canvas[rows, positions] = tokens
-        yield StepEvent(
-            step=step,
-            num_steps=L,
-            positions=positions.cpu(),
-            tokens=tokens.cpu(),
-            probs=probs.gather(1, tokens[:, None]).squeeze(1).cpu(),
-            entropy=torch.special.entr(probs).sum(-1).cpu(),
-            canvas=canvas.to("cpu", copy=True),
-        )
+        yield step, tokens, probs
         if step + 1 < L:
             fed = tokens.repeat(2) if guided else tokens
             logits = model.decode_step(
                 cache, step + 1, fed, orders[:, step], orders[:, step + 1], labels
             )
-
-
-def generate(
-    model: Executor, labels: Tensor, orders: Tensor, config: SamplingConfig, seed: int = 0
-) -> Tensor:
-    """Runs `stream` to the end; returns the (B, L) tokens by raster position."""
-    (last,) = deque(stream(model, labels, orders, config, seed), maxlen=1)
-    return last.canvas

@@ -15,6 +15,8 @@ import torch
 from tiny import TINY_RAR
 from torch import nn
 
+from rar_demo.backends import Executor, TorchExecutor
+from rar_demo.backends.graphs import GraphExecutor
 from rar_demo.config import SamplingConfig
 from rar_demo.model import RAR
 from rar_demo.sampler import filter_logits, generate, guidance_scale, stream
@@ -27,13 +29,26 @@ SAMPLE = SamplingConfig(temperature=1.0)
 
 
 @pytest.fixture(scope="module")
-def model() -> RAR:
+def rar() -> RAR:
     torch.manual_seed(0)
     model = RAR(CONFIG).double().eval()
     with torch.no_grad():
         for p in model.parameters():
             nn.init.normal_(p, std=0.1)
     return model
+
+
+EXECUTORS = {
+    "plain": lambda rar: rar,  # adaLN from the weights at every step, as the official code
+    "fast": TorchExecutor,
+    "static": GraphExecutor,  # the CUDA-graph executor's static-shape step, run eagerly
+}
+
+
+@pytest.fixture(scope="module", params=list(EXECUTORS))
+def model(rar, request) -> Executor:
+    """Every sampler test runs on each executor."""
+    return EXECUTORS[request.param](rar)
 
 
 def _orders(*seeds: int | None) -> torch.Tensor:
@@ -51,13 +66,13 @@ def _run(model, labels, orders, config, seed=0) -> list:
     return list(stream(model, torch.as_tensor(labels), orders, config, seed))
 
 
-def test_random_model_is_not_trivial(model) -> None:
+def test_random_model_is_not_trivial(rar) -> None:
     """Guards the other tests: logits must depend on the class and on the context."""
     orders = _orders(1, 1)
     tokens = torch.randint(0, V, (2, L), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        a = model(tokens, torch.tensor([0, 1]), orders)
-        b = model(tokens.roll(1, 1), torch.tensor([0, 0]), orders)
+        a = rar(tokens, torch.tensor([0, 1]), orders)
+        b = rar(tokens.roll(1, 1), torch.tensor([0, 0]), orders)
     assert a[:, 0].std(-1).min() > 0.1  # not constant over the vocabulary
     assert not torch.allclose(a[0, 0], a[1, 0])  # class matters
     assert not torch.allclose(a[0, 5], b[0, 5])  # context matters
@@ -260,12 +275,12 @@ def test_top_k_one_equals_greedy(model, seed) -> None:
     assert all(torch.equal(e.entropy, torch.zeros(3, dtype=e.entropy.dtype)) for e in events)
 
 
-def test_top_k_sampling_stays_within_the_top_k(model) -> None:
+def test_top_k_sampling_stays_within_the_top_k(model, rar) -> None:
     """Every sampled token is among the k most likely under the model's own logits."""
     labels, orders, k = torch.tensor([0, 3]), _orders(40, 41), 3
     canvas = generate(model, labels, orders, SAMPLE.with_(top_k=k, temperature=5.0), seed=2)
     with torch.no_grad():
-        logits = model(canvas, labels, orders)[:, :L]  # row i: logits of step i
+        logits = rar(canvas, labels, orders)[:, :L]  # row i: logits of step i
     chosen = canvas.gather(1, orders)
     top = logits.topk(k, dim=-1).indices
     assert (top == chosen[..., None]).any(-1).all()
@@ -342,7 +357,7 @@ def test_probs_and_entropy_are_valid(model, config) -> None:
         assert all((e.entropy <= math.log(config.top_k) + 1e-9).all() for e in events)
 
 
-def test_greedy_probs_are_the_maximum_and_temperature_sharpens(model) -> None:
+def test_greedy_probs_are_the_maximum_and_temperature_sharpens(model, rar) -> None:
     labels, orders = torch.tensor([0]), _orders(60)
     hot = _run(model, labels, orders, GREEDY.with_(temperature=2.0))
     cold = _run(model, labels, orders, GREEDY.with_(temperature=0.5))
@@ -352,7 +367,7 @@ def test_greedy_probs_are_the_maximum_and_temperature_sharpens(model) -> None:
         assert (c.probs > h.probs).all() and (c.entropy < h.entropy).all()
     # Greedy reports the probability of the argmax, the largest one.
     with torch.no_grad():
-        logits = model(cold[-1].canvas, labels, orders)[0, :L] / 0.5
+        logits = rar(cold[-1].canvas, labels, orders)[0, :L] / 0.5
     want = logits.softmax(-1).max(-1).values
     torch.testing.assert_close(torch.stack([e.probs[0] for e in cold]), want)
 
@@ -361,9 +376,9 @@ def test_greedy_probs_are_the_maximum_and_temperature_sharpens(model) -> None:
 
 
 @pytest.mark.parametrize("labels", [[0, 4], [3, 3]])
-def test_kv_cached_stream_equals_teacher_forced_argmax(model, labels) -> None:
+def test_kv_cached_stream_equals_teacher_forced_argmax(model, rar, labels) -> None:
     """Greedy, no CFG: step by step, fill the argmax of the teacher-forced forward pass
-    (model(tokens, labels, orders), row i predicting the position of step i). The KV-cached
+    (rar(tokens, labels, orders), row i predicting the position of step i). The KV-cached
     stream must pick the same token at every step, and report the same probability."""
     labels, orders = torch.tensor(labels), _orders(70, None)
     events = _run(model, labels, orders, GREEDY)
@@ -371,7 +386,7 @@ def test_kv_cached_stream_equals_teacher_forced_argmax(model, labels) -> None:
     rows = torch.arange(2)
     with torch.no_grad():
         for step in range(L):
-            logits = model(tokens, labels, orders)[:, step]
+            logits = rar(tokens, labels, orders)[:, step]
             choice = logits.argmax(-1)
             tokens[rows, orders[:, step]] = choice
             assert torch.equal(events[step].tokens, choice), f"step {step}"
