@@ -29,8 +29,13 @@ except ImportError:
         return fn
 
 
-# On ZeroGPU torch reports CUDA at start-up, so models load onto it there, as it expects.
-CACHE = studio.ModelCache("cuda" if torch.cuda.is_available() else "cpu")
+# On ZeroGPU torch reports CUDA at start-up, so models load onto it there, as it expects. On
+# a GPU each decode step replays a CUDA graph, captured inside the first call; RAR_DEMO_COMPILE=1
+# also compiles it first (a dedicated GPU only: ZeroGPU does not allow compiling).
+CACHE = studio.ModelCache(
+    "cuda" if torch.cuda.is_available() else "cpu",
+    compile=os.environ.get("RAR_DEMO_COMPILE") == "1",
+)
 DEFAULT_ORDERS = ["raster", "random"]
 CSS = """
 /* Small models make 64 px images: scale them up crisply to fill the panel. */

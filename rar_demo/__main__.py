@@ -12,7 +12,7 @@ from .backends import BACKENDS
 from .config import SamplingConfig
 from .hub import MODEL_NAMES, WeightsUnavailable
 from .orders import ORDER_NAMES
-from .pipeline import Pipeline, load_pipeline
+from .pipeline import DTYPES, Pipeline, load_pipeline
 from .render import mark_progress, save_animation, sheet, to_uint8
 
 GIF_FRAMES = 64
@@ -38,6 +38,8 @@ def generate(args: argparse.Namespace) -> None:
         int8=args.int8,
         weights=args.weights,
         tokenizer_weights=args.tokenizer_weights,
+        dtype=DTYPES[args.dtype] if args.dtype else None,
+        compile=args.compile,
     )
     class_id = pipe.class_id(args.class_)
     orders = args.order or ["raster"]
@@ -103,6 +105,16 @@ def main(argv: list[str] | None = None) -> int:
         default="torch",
         choices=BACKENDS,
         help="onnx: run an ONNX export with ONNX Runtime (exported on first use, then cached)",
+    )
+    gen.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        help="generator weights (default: bf16 for official models on a GPU, else fp32)",
+    )
+    gen.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch backend: torch.compile the decode step (slow first run, faster steps)",
     )
     gen.add_argument(
         "--int8",

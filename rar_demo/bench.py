@@ -1,10 +1,10 @@
-"""Generation speed, tokens to pixels: `python -m rar_demo.bench --device cpu`.
+"""Generation speed, tokens to pixels: `python -m rar_demo.bench [--device cpu|cuda]`.
 
 Prints one JSON line per measurement. Weights are random at the real sizes, so nothing is
 downloaded; speed does not depend on their values. Each measurement runs in a process of its own,
 so its peak memory and thread settings are its own. Path "eager" is the reference algorithm (the
-official generate: adaLN from the weights at every step, fp32); "fast" precomputes the adaLN
-modulation (see RAR.precompute_modulation) and is what the app runs.
+official generate: adaLN from the weights at every step); the others are in PATHS. The app runs
+"fast" on a CPU and "graph" on a GPU.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,14 +24,14 @@ import torch
 from torch import Tensor, nn
 
 from .backends import Executor, TorchExecutor
-from .config import RAR_PRESETS, SAMPLING_PRESETS, VQGAN_PRESETS
+from .backends.graphs import GraphExecutor
+from .config import RAR_PRESETS, SAMPLING_PRESETS, VQGAN_PRESETS, SamplingConfig
 from .hub import TOKENIZER
 from .model import RAR
 from .orders import make_order
+from .pipeline import DTYPES
 from .sampler import generate, stream
 from .vqgan import VQGAN
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -38,12 +39,20 @@ class Case:
     model: str
     backend: str  # torch | onnx
     dtype: str  # fp32 | bf16 | int8 (weights of the decode step)
-    path: str  # eager | fast
+    path: str  # eager | fast | graph | compiled, see PATHS
     orders: int  # images side by side, one generation order each: the batch
     reps: int = 1
     threads: int | None = None  # intra-op threads (torch and ONNX Runtime); None: torch's default
+    order: str = "random"  # every panel's order kind (random: a different one per panel)
+    streaming: bool = False  # consume every step's event, as the app does
 
 
+PATHS = {
+    "eager": "the reference algorithm: adaLN from the weights at every step",
+    "fast": "adaLN precomputed for every slot at prefill (TorchExecutor)",
+    "graph": "fast, each step replayed from a CUDA graph (GraphExecutor)",
+    "compiled": "graph, the step first compiled by torch.compile",
+}
 CPU_CASES = [
     Case("rar_b", "torch", "fp32", "eager", 1),
     Case("rar_b", "torch", "fp32", "fast", 1),
@@ -58,7 +67,27 @@ CPU_CASES = [
     Case("bundled", "torch", "fp32", "fast", 4, reps=3, threads=1),
     Case("bundled", "onnx", "fp32", "fast", 4, reps=3, threads=1),
 ]
-CASES = {"cpu": CPU_CASES}
+CUDA_CASES = [
+    *(
+        case
+        for name in ("rar_b", "rar_l", "rar_xl", "rar_xxl")
+        for case in (
+            Case(name, "torch", "fp32", "eager", 1),  # the reference's algorithm and precision
+            Case(name, "torch", "bf16", "eager", 1),
+            Case(name, "torch", "bf16", "fast", 1, reps=3),
+            Case(name, "torch", "bf16", "graph", 1, reps=5),
+            Case(name, "torch", "bf16", "graph", 1, reps=5, order="raster"),
+            Case(name, "torch", "bf16", "graph", 1, reps=5, streaming=True),
+            Case(name, "torch", "bf16", "graph", 4, reps=5),  # side-by-side panels
+            Case(name, "torch", "bf16", "compiled", 1, reps=5),
+            Case(name, "torch", "fp32", "eager", 64),
+            Case(name, "torch", "bf16", "graph", 64, reps=3),
+        )
+    ),
+    Case("bundled", "torch", "fp32", "graph", 4, reps=5, streaming=True),
+    Case("rar_b", "onnx", "fp32", "fast", 1),  # ONNX Runtime's CUDA execution provider
+]
+CASES = {"cpu": CPU_CASES, "cuda": CUDA_CASES}
 
 
 def random_models(name: str, seed: int = 0) -> tuple[RAR, VQGAN]:
@@ -97,6 +126,8 @@ def build(case: Case, device: str) -> tuple[Executor, Callable[[Tensor], Tensor]
         return OnnxExecutor(directory, int8=int8), OnnxDecoder(directory).decode
     model, tokenizer = model.to(device), tokenizer.to(device)
     model = quantize_int8(model) if case.dtype == "int8" else model.to(DTYPES[case.dtype])
+    if case.path in ("graph", "compiled"):
+        return GraphExecutor(model, compile=case.path == "compiled"), tokenizer.decode
     return TorchExecutor(model, fast=case.path == "fast"), tokenizer.decode
 
 
@@ -122,6 +153,14 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _streamed(
+    executor: Executor, labels: Tensor, orders: Tensor, sampling: SamplingConfig, seed: int
+) -> Tensor:
+    """generate() as the app runs it: every step's event comes to the host."""
+    (last,) = deque(stream(executor, labels, orders, sampling, seed), maxlen=1)
+    return last.canvas
+
+
 @torch.inference_mode()
 def measure(case: Case, device: str) -> dict:
     if case.threads:
@@ -130,20 +169,22 @@ def measure(case: Case, device: str) -> dict:
     reset_peak_mem(device)
     cfg = executor.config
     sampling = SAMPLING_PRESETS[case.model]
-    # As in the app: one class, one panel per order (random orders: speed ignores the order).
+    # As in the app: one class, one panel per order.
     labels = torch.ones(case.orders, dtype=torch.long)
     side = cfg.grid_size
-    orders = torch.stack([make_order("random", side, side, seed=i) for i in range(case.orders)])
-    # Warm up (first-call allocations, kernel selection) on a few steps and one decode.
+    orders = torch.stack([make_order(case.order, side, side, seed=i) for i in range(case.orders)])
+    # Warm up (first-call allocations, kernel selection, graph capture, compiling) on a few
+    # steps and one decode.
     for event in stream(executor, labels, orders, sampling):
         if event.step == 3:
             break
     decode(event.canvas.clamp_min(0).to(device))
+    run = _streamed if case.streaming else generate
     times = []
     for seed in range(case.reps):
         _sync(device)
         start = time.perf_counter()
-        canvas = generate(executor, labels, orders, sampling, seed)
+        canvas = run(executor, labels, orders, sampling, seed)
         _sync(device)
         generated = time.perf_counter()
         decode(canvas.to(device)).cpu()
@@ -165,7 +206,8 @@ def measure(case: Case, device: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rar_demo.bench", description=__doc__)
-    parser.add_argument("--device", default="cpu", choices=sorted(CASES))
+    default = "cuda" if torch.cuda.is_available() else "cpu"
+    parser.add_argument("--device", default=default, choices=sorted(CASES))
     parser.add_argument("--model", action="append", help="only these models (repeatable)")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # one measurement, in this process
     args = parser.parse_args(argv)

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from .backends import BACKENDS, Executor, TorchExecutor
+from .backends.graphs import GraphExecutor
 from .config import SAMPLING_PRESETS, SamplingConfig
 from .hub import load_generator, load_tokenizer
 from .model import RAR
@@ -25,13 +26,13 @@ class Pipeline:
     tokenizer: VQGAN
     class_names: tuple[str, ...]
     sampling: SamplingConfig  # the paper's (or our) defaults for this model
-    # What samples and decodes: by default the torch modules above (fast path), or their ONNX
-    # export run by ONNX Runtime (see load_pipeline).
+    # What samples and decodes: by default the torch modules above (fast path; on a GPU
+    # replayed from CUDA graphs), or their ONNX export run by ONNX Runtime (see load_pipeline).
     executor: Executor | None = None
     decoder: Callable[[Tensor], Tensor] | None = None  # (B, N) codes -> (B, 3, H, W) pixels
 
     def __post_init__(self) -> None:
-        self.executor = self.executor or TorchExecutor(self.generator)
+        self.executor = self.executor or torch_executor(self.generator)
         self.decoder = self.decoder or self.tokenizer.decode
 
     @property
@@ -94,27 +95,51 @@ class Pipeline:
         return self.decoder(codes).float().cpu()
 
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # by the name the CLI and bench use
+
+
+def torch_executor(model: RAR, compile: bool = False) -> TorchExecutor:
+    """The fast path; on a GPU, where a step is a few hundred tiny kernels and so bound by
+    launch latency, each step is replayed from a CUDA graph. compile: also torch.compile the
+    step (minutes of compiling first; not allowed on Hugging Face ZeroGPU)."""
+    if compile or model.device.type == "cuda":
+        return GraphExecutor(model, compile=compile)
+    return TorchExecutor(model)
+
+
+def default_dtype(name: str, device: str | torch.device) -> torch.dtype:
+    """bf16 for the official models on a GPU (half the bytes per step; what the speed targets
+    assume), fp32 elsewhere: CPUs gain little from bf16 and the bundled model is tiny."""
+    gpu = torch.device(device).type == "cuda"
+    return torch.bfloat16 if gpu and name != "bundled" else torch.float32
+
+
 def load_pipeline(
     name: str,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     backend: str = "torch",
     int8: bool = False,
     weights: Path | str | None = None,
     tokenizer_weights: Path | str | None = None,
+    compile: bool = False,
 ) -> Pipeline:
     """`weights` / `tokenizer_weights`: local files instead of the Hub or the bundled ones.
+    dtype None: `default_dtype`. compile: see `torch_executor`.
 
     backend "onnx" runs an fp32 (or, with int8, a quantized) ONNX export of the weights,
     exported on first use and cached; ONNX Runtime picks the device (CUDA where present)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "onnx":
-        if dtype != torch.float32:
+        if dtype not in (None, torch.float32):
             raise ValueError("the onnx backend exports fp32 weights; use int8 to quantize")
-        device = "cpu"  # where the torch weights wait to be exported
+        if compile:
+            raise ValueError("compile applies to the torch backend")
+        device, dtype = "cpu", torch.float32  # where the torch weights wait to be exported
     elif int8:
         raise ValueError("int8 is offered with the onnx backend only")
+    dtype = dtype or default_dtype(name, device)
     if int8 and name == "bundled":
         # Measured: int8 keeps 98.5% of the next-token argmaxes but a different token early on
         # changes the whole sample; the small model is fast in fp32 anyway.
@@ -122,7 +147,7 @@ def load_pipeline(
     generator, classes = load_generator(name, weights, device=device, dtype=dtype)
     # The tokenizer is small and its decode is precision-sensitive: keep it in fp32.
     tokenizer = load_tokenizer(name, tokenizer_weights, device=device)
-    executor, decoder = None, None  # the torch modules' fast path
+    executor, decoder = torch_executor(generator, compile), None
     if backend == "onnx":
         from .backends.onnx import OnnxDecoder, OnnxExecutor, ensure_export
 

@@ -78,8 +78,9 @@ def examples(model: str) -> list[list]:
 class ModelCache:
     """Pipelines by model name, loaded on first use and shared by all requests (thread-safe)."""
 
-    def __init__(self, device: str | torch.device = "cpu") -> None:
+    def __init__(self, device: str | torch.device = "cpu", compile: bool = False) -> None:
         self.device = torch.device(device)
+        self.compile = compile  # see pipeline.torch_executor
         self._pipelines: dict[str, Pipeline] = {}
         self._patches: dict[str, Tensor] = {}
         self._locks: dict[str, threading.Lock] = {}
@@ -95,7 +96,9 @@ class ModelCache:
             raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
         with self._lock(name):
             if name not in self._pipelines:
-                self._pipelines[name] = load_pipeline(name, device=self.device)
+                self._pipelines[name] = load_pipeline(
+                    name, device=self.device, compile=self.compile
+                )
             return self._pipelines[name]
 
     def patches(self, name: str) -> Tensor:

@@ -63,6 +63,8 @@ def test_generate_sheet_and_gif(tmp_path, capsys) -> None:
         (["--class", "Flags", "--model", "rar_q"], "unknown model"),
         (["--class", "207", "--model", "rar_b"], "yucornetto/RAR/rar_b.bin"),
         (["--class", "Flags", "--cfg", "-1"], "guidance_scale"),
+        (["--class", "Flags", "--backend", "onnx", "--compile"], "compile applies to the torch"),
+        (["--class", "Flags", "--backend", "onnx", "--dtype", "bf16"], "exports fp32"),
     ],
 )
 def test_bad_input_is_one_clear_line(args, message, tmp_path, capsys) -> None:

@@ -13,8 +13,10 @@ from torch import nn
 
 from rar_demo.backends import TorchExecutor
 from rar_demo.backends.graphs import GraphExecutor
-from rar_demo.config import SamplingConfig
+from rar_demo.bench import CASES, PATHS, Case, measure
+from rar_demo.config import RAR_PRESETS, SamplingConfig
 from rar_demo.model import RAR
+from rar_demo.pipeline import DTYPES, default_dtype, load_pipeline
 from rar_demo.sampler import generate, stream
 
 L = TINY_RAR.image_seq_len
@@ -80,9 +82,7 @@ def test_concurrent_generations_get_their_own_decoders() -> None:
 
 def test_each_batch_shape_has_its_own_decoder() -> None:
     executor = GraphExecutor(_model())
-    generate(
-        executor, torch.tensor([2]), _orders(1), GREEDY.with_(guidance_scale=0.0)
-    )
+    generate(executor, torch.tensor([2]), _orders(1), GREEDY.with_(guidance_scale=0.0))
     generate(executor, torch.tensor([2]), _orders(1), GREEDY)
     generate(executor, torch.tensor([2, 3, 2]), _orders(3), GREEDY)
     gc.collect()
@@ -120,3 +120,29 @@ def test_cuda_graph_replay_equals_eager_steps() -> None:
         assert torch.equal(generate(executor, labels, orders, SAMPLE, seed=2), expected)
     (decoder,) = executor._pool[(3, 3)]
     assert decoder.graph is not None
+
+
+def test_bench_cases_are_well_formed() -> None:
+    for case in [c for cases in CASES.values() for c in cases]:
+        assert case.path in PATHS and case.model in RAR_PRESETS, case
+        assert case.dtype in DTYPES or (case.dtype == "int8" and case.path == "fast"), case
+
+
+def test_bench_measures_the_graph_path_streaming() -> None:
+    """What `python -m rar_demo.bench --device cuda` runs, here on CPU with the bundled model."""
+    case = Case("bundled", "torch", "fp32", "graph", 2, reps=2, order="raster", streaming=True)
+    row = measure(case, "cpu")
+    assert row["path"] == "graph" and row["streaming"] and row["order"] == "raster"
+    assert row["batch"] == 2 and row["seconds_per_image"] > row["decode_seconds"] > 0
+    assert row["tokens_per_s"] > 0 and row["peak_mem_mb"] > 0
+
+
+def test_pipelines_pick_their_executor_and_dtype() -> None:
+    assert default_dtype("rar_xl", "cuda") == torch.bfloat16
+    assert default_dtype("bundled", "cuda") == default_dtype("rar_xl", "cpu") == torch.float32
+    assert type(load_pipeline("bundled").executor) is TorchExecutor  # CPU: no graphs to replay
+    pipe = load_pipeline("bundled", compile=True, dtype=torch.bfloat16)
+    assert (
+        isinstance(pipe.executor, GraphExecutor)
+        and pipe.generator.lm_head.weight.dtype == torch.bfloat16
+    )
