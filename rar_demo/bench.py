@@ -161,33 +161,50 @@ def _streamed(
     return last.canvas
 
 
-@torch.inference_mode()
-def measure(case: Case, device: str) -> dict:
+@dataclass
+class Setup:
+    executor: Executor
+    decode: Callable[[Tensor], Tensor]
+    labels: Tensor
+    orders: Tensor
+    sampling: SamplingConfig
+    run: Callable[..., Tensor]  # generate, or _streamed
+
+    def __call__(self, seed: int) -> Tensor:
+        return self.run(self.executor, self.labels, self.orders, self.sampling, seed)
+
+
+def prepare(case: Case, device: str) -> Setup:
+    """Builds the case and warms it up (first-call allocations, kernel selection, graph
+    capture, compiling) on a few steps and one decode."""
     if case.threads:
         torch.set_num_threads(case.threads)
     executor, decode = build(case, device)
-    reset_peak_mem(device)
-    cfg = executor.config
-    sampling = SAMPLING_PRESETS[case.model]
+    side = executor.config.grid_size
     # As in the app: one class, one panel per order.
     labels = torch.ones(case.orders, dtype=torch.long)
-    side = cfg.grid_size
     orders = torch.stack([make_order(case.order, side, side, seed=i) for i in range(case.orders)])
-    # Warm up (first-call allocations, kernel selection, graph capture, compiling) on a few
-    # steps and one decode.
+    sampling = SAMPLING_PRESETS[case.model]
     for event in stream(executor, labels, orders, sampling):
         if event.step == 3:
             break
     decode(event.canvas.clamp_min(0).to(device))
     run = _streamed if case.streaming else generate
+    return Setup(executor, decode, labels, orders, sampling, run)
+
+
+@torch.inference_mode()
+def measure(case: Case, device: str) -> dict:
+    setup = prepare(case, device)
+    reset_peak_mem(device)
     times = []
     for seed in range(case.reps):
         _sync(device)
         start = time.perf_counter()
-        canvas = run(executor, labels, orders, sampling, seed)
+        canvas = setup(seed)
         _sync(device)
         generated = time.perf_counter()
-        decode(canvas.to(device)).cpu()
+        setup.decode(canvas.to(device)).cpu()
         _sync(device)
         times.append((generated - start, time.perf_counter() - generated))
     gen_s, dec_s = sorted(times, key=sum)[len(times) // 2]  # the median run
@@ -196,7 +213,7 @@ def measure(case: Case, device: str) -> dict:
         "device": device,
         "batch": case.orders,
         "seconds_per_image": round(gen_s + dec_s, 3),
-        "tokens_per_s": round(case.orders * cfg.image_seq_len / gen_s, 1),
+        "tokens_per_s": round(case.orders * setup.executor.config.image_seq_len / gen_s, 1),
         "decode_seconds": round(dec_s, 3),
         "generate_seconds": round(gen_s, 3),
         "peak_mem_mb": round(peak_mem_mb(device)),
@@ -204,23 +221,66 @@ def measure(case: Case, device: str) -> dict:
     }
 
 
+@torch.inference_mode()
+def profile(
+    case: Case, device: str, top: int = 25, window: tuple[int, int] = (64, 96)
+) -> list[dict]:
+    """Where decoding spends its time per step, by operator (CPU) or kernel (CUDA): the `top`
+    costliest over steps [window[0], window[1]) of one streamed generation, most first.
+    (A window, not the whole run: the profiler's own bookkeeping grows with every op.)"""
+    setup = prepare(case, device)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    first, end = window
+    schedule = torch.profiler.schedule(wait=first - 1, warmup=1, active=end - first, repeat=1)
+    with torch.profiler.profile(activities=activities, schedule=schedule) as prof:
+        for _ in stream(setup.executor, setup.labels, setup.orders, setup.sampling):
+            prof.step()
+    attr = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    rows = [(getattr(e, attr), e) for e in prof.key_averages()]
+    total = sum(t for t, _ in rows)
+    steps = end - first
+    return [
+        {
+            "model": case.model,
+            "path": case.path,
+            "device": device,
+            "op": event.key,
+            "calls_per_step": round(event.count / steps, 2),
+            "us_per_step": round(t / steps, 1),
+            "share": round(t / total, 3),
+        }
+        for t, event in sorted(rows, key=lambda r: r[0], reverse=True)[:top]
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rar_demo.bench", description=__doc__)
     default = "cuda" if torch.cuda.is_available() else "cpu"
     parser.add_argument("--device", default=default, choices=sorted(CASES))
     parser.add_argument("--model", action="append", help="only these models (repeatable)")
+    parser.add_argument("--path", action="append", choices=sorted(PATHS), help="only these paths")
+    parser.add_argument(
+        "--profile", action="store_true", help="per-operator time per step instead of totals"
+    )
     parser.add_argument("--case", help=argparse.SUPPRESS)  # one measurement, in this process
     args = parser.parse_args(argv)
     if args.case:
-        print(json.dumps(measure(Case(**json.loads(args.case)), args.device)), flush=True)
+        case = Case(**json.loads(args.case))
+        rows = profile(case, args.device) if args.profile else [measure(case, args.device)]
+        for row in rows:
+            print(json.dumps(row), flush=True)
         return 0
     failed = 0
     for case in CASES[args.device]:
-        if args.model and case.model not in args.model:
+        if (args.model and case.model not in args.model) or (
+            args.path and case.path not in args.path
+        ):
             continue
         cmd = [sys.executable, "-m", "rar_demo.bench", "--device", args.device]
-        done = subprocess.run([*cmd, "--case", json.dumps(asdict(case))], check=False)
-        failed += done.returncode != 0
+        cmd += ["--profile"] * args.profile + ["--case", json.dumps(asdict(case))]
+        failed += subprocess.run(cmd, check=False).returncode != 0
     return 1 if failed else 0
 
 

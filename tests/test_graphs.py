@@ -13,10 +13,9 @@ from torch import nn
 
 from rar_demo.backends import TorchExecutor
 from rar_demo.backends.graphs import GraphExecutor
-from rar_demo.bench import CASES, PATHS, Case, measure
-from rar_demo.config import RAR_PRESETS, SamplingConfig
+from rar_demo.config import SamplingConfig
 from rar_demo.model import RAR
-from rar_demo.pipeline import DTYPES, default_dtype, load_pipeline
+from rar_demo.pipeline import default_dtype, load_pipeline
 from rar_demo.sampler import generate, stream
 
 L = TINY_RAR.image_seq_len
@@ -120,21 +119,6 @@ def test_cuda_graph_replay_equals_eager_steps() -> None:
         assert torch.equal(generate(executor, labels, orders, SAMPLE, seed=2), expected)
     (decoder,) = executor._pool[(3, 3)]
     assert decoder.graph is not None
-
-
-def test_bench_cases_are_well_formed() -> None:
-    for case in [c for cases in CASES.values() for c in cases]:
-        assert case.path in PATHS and case.model in RAR_PRESETS, case
-        assert case.dtype in DTYPES or (case.dtype == "int8" and case.path == "fast"), case
-
-
-def test_bench_measures_the_graph_path_streaming() -> None:
-    """What `python -m rar_demo.bench --device cuda` runs, here on CPU with the bundled model."""
-    case = Case("bundled", "torch", "fp32", "graph", 2, reps=2, order="raster", streaming=True)
-    row = measure(case, "cpu")
-    assert row["path"] == "graph" and row["streaming"] and row["order"] == "raster"
-    assert row["batch"] == 2 and row["seconds_per_image"] > row["decode_seconds"] > 0
-    assert row["tokens_per_s"] > 0 and row["peak_mem_mb"] > 0
 
 
 def test_pipelines_pick_their_executor_and_dtype() -> None:

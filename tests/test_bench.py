@@ -1,0 +1,35 @@
+"""The benchmark harness (`python -m rar_demo.bench`), run here on CPU with the bundled model.
+The ONNX case is in test_onnx.py."""
+
+from __future__ import annotations
+
+from rar_demo.bench import CASES, PATHS, Case, measure, profile
+from rar_demo.config import RAR_PRESETS
+from rar_demo.pipeline import DTYPES
+
+
+def test_bench_cases_are_well_formed() -> None:
+    for case in [c for cases in CASES.values() for c in cases]:
+        assert case.path in PATHS and case.model in RAR_PRESETS, case
+        assert case.dtype in DTYPES or (case.dtype == "int8" and case.path == "fast"), case
+
+
+def test_bench_measures_the_graph_path_streaming() -> None:
+    """What `python -m rar_demo.bench --device cuda` runs, here on CPU with the bundled model."""
+    case = Case("bundled", "torch", "fp32", "graph", 2, reps=2, order="raster", streaming=True)
+    row = measure(case, "cpu")
+    assert row["path"] == "graph" and row["streaming"] and row["order"] == "raster"
+    assert row["batch"] == 2 and row["seconds_per_image"] > row["decode_seconds"] > 0
+    assert row["tokens_per_s"] > 0 and row["peak_mem_mb"] > 0
+
+
+def test_profile_lists_the_costliest_operators_per_step() -> None:
+    rows = profile(Case("bundled", "torch", "fp32", "graph", 1), "cpu", top=10)
+    assert len(rows) == 10
+    times = [r["us_per_step"] for r in rows]
+    assert times == sorted(times, reverse=True) and times[0] > 0
+    assert 0 < sum(r["share"] for r in rows) <= 1.001
+    ops = {r["op"]: r for r in rows}
+    # Every block runs a matmul or two per step: the profile counts steps, not whole runs.
+    matmuls = [r for op, r in ops.items() if op in ("aten::addmm", "aten::mm", "aten::bmm")]
+    assert matmuls and max(r["calls_per_step"] for r in matmuls) >= 6
