@@ -138,3 +138,19 @@ def test_vqgan_decode_and_encode(path: Path) -> None:
     model = _build(VQGAN, VQGANConfig.from_dict(spec["config"]), t)
     _close(model.decode(t["codes"]), t["decoded"], spec)
     assert torch.equal(model.encode(t["images"]), t["encoded"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_rar_greedy_generation_replayed_from_cuda_graphs(rar_case) -> None:
+    """The GPU fast path in fp32: every step replayed from a captured CUDA graph."""
+    _, t, model, _ = rar_case
+    executor = GraphExecutor(copy.deepcopy(model).to("cuda", torch.float32))
+    B, L = t["input_ids"].shape
+    raster = torch.arange(L).expand(B, -1)
+    for key in [k for k in t if k.startswith("generated.")]:
+        scale, power = map(float, re.fullmatch(r"generated\.cfg([\d.]+)_pow([\d.]+)", key).groups())
+        config = SamplingConfig(guidance_scale=scale, guidance_power=power, greedy=True)
+        for _ in range(2):  # capture, then replay
+            tokens = generate(executor, t["class_labels"], raster, config)
+            assert torch.equal(tokens, t[key]), f"{key}: {(tokens != t[key]).sum()} tokens differ"
+    assert all(d.graph is not None for pool in executor._pool.values() for d in pool)
