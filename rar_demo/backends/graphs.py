@@ -81,7 +81,10 @@ class GraphExecutor(TorchExecutor):
         modulation = self.model.precompute_modulation(labels)
         key = (lease.batch_size, modulation.table.shape[1])
         pool = self._pool[key]
-        decoder = pool.pop() if pool else self._allocate(labels, modulation)
+        try:  # pop, not check-then-pop: another thread may take the last one in between
+            decoder = pool.pop()
+        except IndexError:
+            decoder = self._allocate(labels, modulation)
         lease.decoder = decoder
         lease._finalizer = weakref.finalize(lease, pool.append, decoder)
         cache = decoder.cache
