@@ -147,10 +147,11 @@ def load_pipeline(
     generator, classes = load_generator(name, weights, device=device, dtype=dtype)
     # The tokenizer is small and its decode is precision-sensitive: keep it in fp32.
     tokenizer = load_tokenizer(name, tokenizer_weights, device=device)
-    executor, decoder = torch_executor(generator, compile), None
     if backend == "onnx":
         from .backends.onnx import OnnxDecoder, OnnxExecutor, ensure_export
 
         directory = ensure_export(name, generator, tokenizer, int8=int8)
         executor, decoder = OnnxExecutor(directory, int8=int8), OnnxDecoder(directory).decode
+    else:
+        executor, decoder = torch_executor(generator, compile), None
     return Pipeline(name, generator, tokenizer, classes, SAMPLING_PRESETS[name], executor, decoder)
