@@ -14,6 +14,7 @@ from rar_demo.data import EMOJI_CLASSES, EmojiDataset
 from rar_demo.hub import load_generator, load_tokenizer
 from rar_demo.model import RAR
 from rar_demo.train import (
+    balanced_batches,
     learning_rate,
     load_checkpoint,
     main,
@@ -48,6 +49,15 @@ def test_sample_orders_by_ratio() -> None:
     shuffled = sample_orders(8, 16, 1.0, gen)
     assert torch.equal(shuffled.sort(1).values, raster)
     assert not torch.equal(shuffled, raster)
+
+
+def test_balanced_batches_draw_every_class_equally() -> None:
+    labels = torch.tensor([0] * 90 + [1] * 9 + [2])  # 90%, 9%, 1% of the images
+    draws = torch.cat(
+        [next(balanced_batches(labels, 300, torch.Generator().manual_seed(s))) for s in range(10)]
+    )
+    shares = torch.bincount(labels[draws], minlength=3) / len(draws)
+    torch.testing.assert_close(shares, torch.full((3,), 1 / 3), atol=0.03, rtol=0)
 
 
 def test_generator_steps_lower_the_loss() -> None:
@@ -178,6 +188,7 @@ def test_training_runs_resume_and_export(tiny_dataset, tmp_path, capsys) -> None
             "1",
             "--lr",
             "1e-12",
+            "--balanced",
             *common,
         ]
     )
