@@ -123,7 +123,7 @@ def build(case: Case, device: str) -> tuple[Executor, Callable[[Tensor], Tensor]
 
         int8 = case.dtype == "int8"
         directory = ensure_export(case.model, model, tokenizer, int8=int8)
-        return OnnxExecutor(directory, int8=int8), OnnxDecoder(directory).decode
+        return OnnxExecutor(directory, int8=int8), OnnxDecoder(directory, int8=int8).decode
     model, tokenizer = model.to(device), tokenizer.to(device)
     model = quantize_int8(model) if case.dtype == "int8" else model.to(DTYPES[case.dtype])
     if case.path in ("graph", "compiled"):

@@ -145,13 +145,16 @@ def load_pipeline(
         # changes the whole sample; the small model is fast in fp32 anyway.
         raise ValueError("int8 changes the bundled model's pictures; it runs fast in fp32")
     generator, classes = load_generator(name, weights, device=device, dtype=dtype)
-    # The tokenizer is small and its decode is precision-sensitive: keep it in fp32.
+    # The torch decoder stays fp32 (the onnx int8 export quantizes it with calibrated ranges).
     tokenizer = load_tokenizer(name, tokenizer_weights, device=device)
     if backend == "onnx":
         from .backends.onnx import OnnxDecoder, OnnxExecutor, ensure_export
 
         directory = ensure_export(name, generator, tokenizer, int8=int8)
-        executor, decoder = OnnxExecutor(directory, int8=int8), OnnxDecoder(directory).decode
+        executor, decoder = (
+            OnnxExecutor(directory, int8=int8),
+            OnnxDecoder(directory, int8=int8).decode,
+        )
     else:
         executor, decoder = torch_executor(generator, compile), None
     return Pipeline(name, generator, tokenizer, classes, SAMPLING_PRESETS[name], executor, decoder)

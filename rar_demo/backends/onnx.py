@@ -5,8 +5,8 @@ An export directory holds:
     modulation.onnx       (U,) labels -> (T, U, M) adaLN table, once per generation
     decode_step.onnx      one token per sample against a static KV cache (`RAR.step`)
     decoder.onnx          (B, N) codes -> (B, 3, H, W) pixels
-    *.int8.onnx           modulation and decode step with dynamically quantized int8 weights
-                          (optional: --int8)
+    *.int8.onnx           (optional: --int8) the modulation and decode step with dynamically
+                          quantized int8 weights; the decoder statically quantized (QLinearConv)
     export.json           configs and format version; written last, so it marks a whole export
 
 The decode step reads the cache and returns only the new slot's keys and values; the executor
@@ -28,7 +28,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from onnxruntime.quantization import QuantType, quantize_dynamic
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import Tensor, nn
 
 from ..config import RARConfig
@@ -40,10 +47,12 @@ OPSET = 18
 MODULATION_FILE = "modulation.onnx"
 STEP_FILE = "decode_step.onnx"
 DECODER_FILE = "decoder.onnx"
-# Only the generator is quantized (the step is bound by reading its weights, the modulation is
-# one big GEMM). ONNX Runtime's dynamically quantized convolution (ConvInteger) is several
-# times slower than fp32 on CPU, so the decoder stays fp32.
-QUANTIZED = (MODULATION_FILE, STEP_FILE)
+# The generator's GEMMs quantize their activations per call (dynamic). Convolutions do not: ONNX
+# Runtime's ConvInteger is several times slower than fp32 on CPU, while QLinearConv with
+# activation ranges calibrated ahead of time (static) is 2.4x faster than fp32.
+DYNAMIC = (MODULATION_FILE, STEP_FILE)
+QUANTIZED = (*DYNAMIC, DECODER_FILE)
+CALIBRATION_GRIDS = 8
 
 
 def int8_name(file: str) -> str:
@@ -189,11 +198,48 @@ def export_decoder(tokenizer: VQGAN, out: Path) -> None:
         )
 
 
-def quantize(out: Path) -> None:
-    """Adds *.int8.onnx: weights int8 per output channel, activations quantized per call."""
+class _RandomCodes(CalibrationDataReader):
+    """Uniformly random code grids. Measured on the bundled tokenizer: decoding held-out emoji
+    with ranges calibrated this way lands 39.5 dB from fp32; with ranges from real emoji tokens,
+    44.5 dB. Random codes need no data and work for any tokenizer."""
+
+    def __init__(self, tokenizer: VQGAN) -> None:
+        rng = np.random.default_rng(0)
+        shape = (1, tokenizer.config.grid_size**2)
+        V = tokenizer.config.codebook_size
+        self._grids = iter([{"codes": rng.integers(0, V, shape)} for _ in range(CALIBRATION_GRIDS)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._grids, None)
+
+
+def _quantize_decoder(src: Path, dst: Path, tokenizer: VQGAN) -> None:
+    """int8 convolutions, per output channel; everything else (norms, upsampling) stays fp32."""
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(src, prepared, skip_symbolic_shape=True)
+        quantize_static(
+            prepared,
+            dst,
+            _RandomCodes(tokenizer),
+            quant_format=QuantFormat.QOperator,
+            op_types_to_quantize=["Conv"],
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+
+
+def quantize(out: Path, tokenizer: VQGAN) -> None:
+    """Adds the *.int8.onnx files that are missing (see `QUANTIZED`)."""
     for file in QUANTIZED:
+        if (out / int8_name(file)).is_file():
+            continue
         tmp = out / f"{int8_name(file)}.tmp"
-        quantize_dynamic(out / file, tmp, weight_type=QuantType.QInt8, per_channel=True)
+        if file in DYNAMIC:
+            quantize_dynamic(out / file, tmp, weight_type=QuantType.QInt8, per_channel=True)
+        else:
+            _quantize_decoder(out / file, tmp, tokenizer)
         os.replace(tmp, out / int8_name(file))
 
 
@@ -211,7 +257,7 @@ def export_all(model: RAR, tokenizer: VQGAN, out: Path, int8: bool = False) -> N
     export_generator(model, out)
     export_decoder(tokenizer, out)
     if int8:
-        quantize(out)
+        quantize(out, tokenizer)
     write_manifest(out, model, tokenizer)
 
 
@@ -238,8 +284,8 @@ def ensure_export(name: str, model: RAR, tokenizer: VQGAN, int8: bool = False) -
             os.replace(tmp, out)
         except OSError:  # another process finished first: keep its export
             shutil.rmtree(tmp)
-    elif int8 and not all((out / int8_name(f)).is_file() for f in QUANTIZED):
-        quantize(out)
+    elif int8:
+        quantize(out, tokenizer)
     return out
 
 
@@ -352,10 +398,11 @@ class OnnxExecutor:
 class OnnxDecoder:
     """The VQGAN decoder's ONNX export: `decode(codes)` as `VQGAN.decode`."""
 
-    def __init__(self, directory: Path, threads: int | None = None) -> None:
+    def __init__(self, directory: Path, int8: bool = False, threads: int | None = None) -> None:
         manifest = json.loads((directory / "export.json").read_text())
         self.resolution = manifest["tokenizer"]["resolution"]
-        self._session = session(directory / DECODER_FILE, threads)
+        file = int8_name(DECODER_FILE) if int8 else DECODER_FILE
+        self._session = session(directory / file, threads)
         self.device = _device(self._session)
 
     def decode(self, codes: Tensor) -> Tensor:
