@@ -5,6 +5,9 @@
 Tokenizer: held-out reconstruction PSNR and codebook usage over the whole dataset. Generator:
 held-out negative log-likelihood per token (nats), teacher-forced, in raster and in random
 order. Sheet: every class x (raster, random) x several seeds, sampled with the model defaults.
+
+--int8 also compares the ONNX export in fp32 with its int8 version (int8.png, and metrics):
+greedy-token agreement, and the int8 decoder's PSNR against fp32 on the same tokens.
 """
 
 from __future__ import annotations
@@ -12,15 +15,19 @@ from __future__ import annotations
 import argparse
 import json
 from collections import deque
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from .data import CACHE_PATH, load_or_build
 from .hub import BUNDLED_DIR
 from .pipeline import Pipeline, load_pipeline
 from .render import sheet, stack, to_uint8
+from .sampler import StepEvent
 from .train import psnr, to_tensor, tokenize
 
 
@@ -42,8 +49,46 @@ def nll_per_token(
     return total / count
 
 
+def _final(events: Iterator[StepEvent]) -> Tensor:
+    (last,) = deque(events, maxlen=1)
+    return last.canvas
+
+
 @torch.inference_mode()
-def evaluate(out: Path, data_path: Path, seeds: int) -> dict:
+def compare_int8(pipe: Pipeline, out: Path, seed: int = 0) -> dict:
+    """fp32 vs int8 ONNX on every class, raster and random: same seed, so any difference is
+    the quantization's."""
+    from .backends.onnx import OnnxDecoder, OnnxExecutor, ensure_export
+
+    directory = ensure_export(pipe.name, pipe.generator, pipe.tokenizer, int8=True)
+    fp32, int8 = (
+        replace(
+            pipe,
+            executor=OnnxExecutor(directory, int8=q),
+            decoder=OnnxDecoder(directory, int8=q).decode,
+        )
+        for q in (False, True)
+    )
+    orders = ["raster", "random"]
+    greedy = pipe.sampling.with_(greedy=True)
+    same, total, rows, decoder_psnr = 0, 0, [], []
+    for class_id, name in enumerate(pipe.class_names):
+        a, b = (_final(p.stream(class_id, orders, seed, greedy)) for p in (fp32, int8))
+        same, total = same + (a == b).sum().item(), total + a.numel()
+        a, b = (_final(p.stream(class_id, orders, seed)) for p in (fp32, int8))
+        decoder_psnr.append(psnr(int8.decode(a), fp32.decode(a)))
+        panels = torch.cat([fp32.decode(a), int8.decode(b)])
+        labels = [f"{q} {o[:3]}" for q in ("fp32", "int8") for o in orders]
+        rows.append(sheet(list(to_uint8(panels)), labels, scale=2, footer=name))
+    stack(rows).save(out / "int8.png")
+    return {
+        "int8_greedy_token_agreement": round(same / total, 4),
+        "int8_decoder_psnr_db": round(torch.cat(decoder_psnr).mean().item(), 2),
+    }
+
+
+@torch.inference_mode()
+def evaluate(out: Path, data_path: Path, seeds: int, int8: bool = False) -> dict:
     pipe = load_pipeline("bundled")
     data = load_or_build(data_path)
     heldout = data.heldout_split()
@@ -63,6 +108,8 @@ def evaluate(out: Path, data_path: Path, seeds: int) -> dict:
         "bundled_bytes": sum(p.stat().st_size for p in BUNDLED_DIR.glob("*.safetensors")),
     }
     out.mkdir(parents=True, exist_ok=True)
+    if int8:
+        metrics |= compare_int8(pipe, out)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
 
     rows = []
@@ -93,8 +140,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/eval"))
     parser.add_argument("--data", type=Path, default=CACHE_PATH)
     parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--int8", action="store_true", help="also compare ONNX fp32 vs int8")
     args = parser.parse_args(argv)
-    evaluate(args.out, args.data, args.seeds)
+    evaluate(args.out, args.data, args.seeds, args.int8)
 
 
 if __name__ == "__main__":
