@@ -51,11 +51,11 @@ THEME = gr.themes.Default(
 LAUNCH_OPTIONS: dict[str, Any] = {"css": CSS, "theme": THEME}
 
 
-def _load(model: str) -> Pipeline | None:
+def _load(model: str, runtime: str) -> Pipeline | None:
     """The model for the controls, or None after a warning: an error would cover them up,
     and Generate reports the same problem as an error anyway."""
     try:
-        return CACHE.get(model)
+        return CACHE.get(model, runtime)
     except (ValueError, WeightsUnavailable) as err:
         gr.Warning(str(err))
         return None
@@ -98,16 +98,28 @@ def generate(
     temperature: float | None = None,
     top_k: int | None = None,
     speed: float = studio.DEFAULT_SPEED,
+    runtime: str = "torch",
 ) -> Iterator[tuple]:
     """Generates one image of `class_name` (a name or an id) per order in `orders` (1 to 4),
     in one batch with the same seed, streaming (status, 4 panels, animation, order plot,
     stats plot). Sampler settings left empty take the model's paper defaults; top_k 0 = off.
+    runtime: "torch", "onnx" or "onnx int8" (official models only).
     """
     # No gr.Progress here: with one, a cancelled run marks every output "Error" in the page.
     # Downloads show their progress when the model is picked (select_model) instead.
     try:
         request = studio.parse(
-            CACHE, model, class_name, orders, seed, cfg_scale, cfg_power, temperature, top_k, speed
+            CACHE,
+            model,
+            class_name,
+            orders,
+            seed,
+            cfg_scale,
+            cfg_power,
+            temperature,
+            top_k,
+            speed,
+            runtime,
         )
     except (ValueError, WeightsUnavailable) as err:
         raise gr.Error(str(err)) from None
@@ -117,20 +129,24 @@ def generate(
 
 def select_model(
     model: str,
+    runtime: str,
     class_name: str,
     progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008
 ) -> tuple:
-    """Loads `model` (downloading it if needed): its classes and its sampler defaults."""
-    pipe = _load(model)
+    """Loads `model` on `runtime` (downloading or exporting it if needed): its classes and
+    its sampler defaults."""
+    if runtime != "torch" and not CACHE.has(model, runtime):
+        progress(0, desc="Preparing the ONNX export (built on first use, then cached)")
+    pipe = _load(model, runtime)
     if pipe is None:
         return (gr.skip(),) * 5
     classes = gr.Dropdown(choices=list(pipe.class_names), value=studio.keep_class(pipe, class_name))
     return classes, *studio.sampler_values(pipe.sampling)
 
 
-def random_class(model: str, current: str) -> str | dict:
+def random_class(model: str, runtime: str, current: str) -> str | dict:
     """Any class but the current one, so that the dice always visibly changes something."""
-    pipe = _load(model)
+    pipe = _load(model, runtime)
     if pipe is None:
         return gr.skip()
     return random.choice([c for c in pipe.class_names if c != current] or pipe.class_names)
@@ -176,7 +192,9 @@ def create_demo(model: str | None = None) -> gr.Blocks:
         )
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
-                model_box = gr.Dropdown(list(MODEL_NAMES), value=model, label="Model")
+                with gr.Row():
+                    model_box = gr.Dropdown(list(MODEL_NAMES), value=model, label="Model")
+                    runtime_box = gr.Radio(list(studio.RUNTIMES), value="torch", label="Runtime")
                 with gr.Row(equal_height=True):
                     class_box = gr.Dropdown(
                         list(pipe.class_names),
@@ -245,19 +263,27 @@ def create_demo(model: str | None = None) -> gr.Blocks:
         sampler_boxes = [cfg_box, power_box, temperature_box, top_k_box]
         run = go.click(
             generate,
-            inputs=[model_box, class_box, order_box, seed_box, *sampler_boxes, speed_box],
+            inputs=[
+                model_box,
+                class_box,
+                order_box,
+                seed_box,
+                *sampler_boxes,
+                speed_box,
+                runtime_box,
+            ],
             outputs=[status, *panels, animation, order_plot, stats_plot],
             api_name="generate",
         )
         stop.click(None, cancels=[run])
         gr.on(
-            [demo.load, model_box.change],
+            [demo.load, model_box.change, runtime_box.change],
             select_model,
-            [model_box, class_box],
+            [model_box, runtime_box, class_box],
             [class_box, *sampler_boxes],
             **private,
         )
-        class_dice.click(random_class, [model_box, class_box], class_box, **private)
+        class_dice.click(random_class, [model_box, runtime_box, class_box], class_box, **private)
         seed_dice.click(random_seed, None, seed_box, **private)
         order_box.change(panel_layout, order_box, panels, **private)
     demo.queue(default_concurrency_limit=2)

@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokenizer-weights", type=Path, help="VQGAN checkpoint")
     parser.add_argument("--random", action="store_true", help="random weights, real sizes")
     parser.add_argument(
-        "--int8", action="store_true", help="also write dynamically quantized models"
+        "--int8",
+        action="store_true",
+        help="also write int8 models (generator: dynamic; decoder: static)",
     )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)

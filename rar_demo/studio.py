@@ -48,6 +48,9 @@ TEMPERATURE_RANGE = (0.05, 3.0)
 TOP_K_RANGE = (0, 1024)  # 0 = no top-k filtering
 SPEED_RANGE = (4, 512)  # steps per second; the top is faster than any model runs here
 DEFAULT_SPEED = 64
+# What runs the model: PyTorch, or its ONNX export on ONNX Runtime (fp32, or int8 for the
+# official models), exported on first use and cached on disk (see rar_demo.backends.onnx).
+RUNTIMES = {"torch": ("torch", False), "onnx": ("onnx", False), "onnx int8": ("onnx", True)}
 
 
 def default_model(env: dict[str, str]) -> str:
@@ -76,39 +79,52 @@ def examples(model: str) -> list[list]:
 
 
 class ModelCache:
-    """Pipelines by model name, loaded on first use and shared by all requests (thread-safe)."""
+    """Pipelines by model and runtime, loaded on first use and shared by all requests
+    (thread-safe)."""
 
     def __init__(self, device: str | torch.device = "cpu", compile: bool = False) -> None:
         self.device = torch.device(device)
         self.compile = compile  # see pipeline.torch_executor
-        self._pipelines: dict[str, Pipeline] = {}
+        self._pipelines: dict[tuple[str, str], Pipeline] = {}
         self._patches: dict[str, Tensor] = {}
-        self._locks: dict[str, threading.Lock] = {}
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._guard = threading.Lock()
 
-    def _lock(self, name: str) -> threading.Lock:
-        # One lock per model: a long download of one never blocks generating with another.
+    def _lock(self, *key: str) -> threading.Lock:
+        # One lock per pipeline: a long download or export never blocks generating with another.
         with self._guard:
-            return self._locks.setdefault(name, threading.Lock())
+            return self._locks.setdefault(key, threading.Lock())
 
-    def get(self, name: str) -> Pipeline:
+    def has(self, name: str, runtime: str = "torch") -> bool:
+        """Whether that pipeline is loaded already (get() returns at once)."""
+        return (name, runtime) in self._pipelines
+
+    def get(self, name: str, runtime: str = "torch") -> Pipeline:
         if name not in MODEL_NAMES:
             raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
-        with self._lock(name):
-            if name not in self._pipelines:
-                self._pipelines[name] = load_pipeline(
-                    name, device=self.device, compile=self.compile
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+        key = name, runtime
+        with self._lock(*key):
+            if key not in self._pipelines:
+                backend, int8 = RUNTIMES[runtime]
+                self._pipelines[key] = load_pipeline(
+                    name,
+                    device=self.device,
+                    backend=backend,
+                    int8=int8,
+                    compile=self.compile and backend == "torch",
                 )
-            return self._pipelines[name]
+            return self._pipelines[key]
 
-    def patches(self, name: str) -> Tensor:
+    def patches(self, pipe: Pipeline) -> Tensor:
         """The model's per-code preview patches, built on first use rather than at load time:
-        only slow decoders need them, and on ZeroGPU the decoder runs only inside a GPU call."""
-        pipe = self.get(name)
-        with self._lock(name):
-            if name not in self._patches:
-                self._patches[name] = code_patches(pipe.tokenizer)
-            return self._patches[name]
+        only slow decoders need them, and on ZeroGPU the decoder runs only inside a GPU call.
+        Every runtime of a model shares its tokenizer, hence its patches."""
+        with self._lock("patches", pipe.name):
+            if pipe.name not in self._patches:
+                self._patches[pipe.name] = code_patches(pipe.tokenizer)
+            return self._patches[pipe.name]
 
 
 def sampler_values(sampling: SamplingConfig) -> tuple[float, float, float, int]:
@@ -136,6 +152,7 @@ class Request:
     seed: int
     sampling: SamplingConfig
     speed: float  # at most this many steps per second
+    runtime: str = "torch"  # a key of RUNTIMES
 
     @property
     def short_name(self) -> str:
@@ -162,6 +179,7 @@ def parse(
     temperature: float | None = None,
     top_k: int | None = None,
     speed: float = DEFAULT_SPEED,
+    runtime: str = "torch",
 ) -> Request:
     """Checks raw inputs (loading the model if needed) into a Request, or raises ValueError
     (or hub.WeightsUnavailable) with a message meant for the user. Sampler settings left
@@ -181,7 +199,7 @@ def parse(
         raise ValueError(f"seed must be a whole number, got {seed}")
     speed = _number("speed", speed, SPEED_RANGE)
 
-    pipe = cache.get(model)
+    pipe = cache.get(model, runtime)
     class_id = pipe.class_id(class_name if class_name is not None else "")
     default = pipe.sampling
     sampling = default.with_(
@@ -197,7 +215,14 @@ def parse(
         top_k=default.top_k if top_k is None else int(_number("top-k", top_k, TOP_K_RANGE)) or None,
     )
     return Request(
-        model, class_id, pipe.class_names[class_id], orders, int(seed), sampling, float(speed)
+        model,
+        class_id,
+        pipe.class_names[class_id],
+        orders,
+        int(seed),
+        sampling,
+        float(speed),
+        runtime,
     )
 
 
@@ -258,10 +283,9 @@ class Renderer:
     """
 
     def __init__(
-        self, cache: ModelCache, model: str, clock: Callable[[], float] = time.monotonic
+        self, cache: ModelCache, pipe: Pipeline, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self.cache, self.model, self.clock = cache, model, clock
-        self.pipe = cache.get(model)
+        self.cache, self.pipe, self.clock = cache, pipe, clock
         self.pixels: Tensor | None = None  # the last full decode ...
         self.decoded: Tensor | None = None  # ... of this canvas
         self.decoded_at, self.decode_cost = -math.inf, 0.0
@@ -275,7 +299,7 @@ class Renderer:
             self.decode_cost = self.decoded_at - now
             pixels = self.pixels
         else:
-            patches = self.cache.patches(self.model)
+            patches = self.cache.patches(self.pipe)
             pixels = patch_in(self.pixels, self.decoded, canvas, patches, self.pipe.grid)
         return mark_progress(pixels, canvas, newest, self.pipe.grid)
 
@@ -290,9 +314,11 @@ class Renderer:
 def _describe(request: Request) -> str:
     s = request.sampling
     top_k = f" · top-k {s.top_k}" if s.top_k else ""
+    runtime = f" · {request.runtime}" if request.runtime != "torch" else ""
     return (
         f"{request.short_name} (class {request.class_id}) · seed {request.seed}"
         f" · CFG {s.guidance_scale:g} (power {s.guidance_power:g}) · T {s.temperature:g}{top_k}"
+        f"{runtime}"
     )
 
 
@@ -310,10 +336,10 @@ def _animation_path(request: Request) -> Path:
 def run(cache: ModelCache, request: Request) -> Iterator[Update]:
     """Streams a request: a blank first update, paced frames, the final images, then the
     animation and plots. Closing the iterator stops the sampler at once."""
-    pipe = cache.get(request.model)
+    pipe = cache.get(request.model, request.runtime)
     names = request.orders
     grid = pipe.grid
-    render = Renderer(cache, request.model)
+    render = Renderer(cache, pipe)
     about = _describe(request)
     yield Update(
         status=f"**Starting** · {about}",

@@ -95,13 +95,15 @@ def test_model_cache_loads_each_model_once_across_threads(cache: studio.ModelCac
     assert len(got) == 4 and all(p is got[0] for p in got)
     with pytest.raises(ValueError, match="unknown model"):
         cache.get("rar_zz")
+    with pytest.raises(ValueError, match="unknown runtime"):
+        cache.get("bundled", "tensorrt")
 
 
 def test_renderer_bounds_decoding_and_previews_in_between(
     cache: studio.ModelCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = FakeClock()
-    render = studio.Renderer(cache, "bundled", clock=clock)
+    render = studio.Renderer(cache, cache.get("bundled"), clock=clock)
     pipe = render.pipe
     decodes = []
     real_decode = pipe.decode
@@ -311,6 +313,8 @@ def test_class_by_id_and_sampler_overrides_work(client: Client) -> None:
         ({"cfg_scale": -1}, "CFG scale must be between"),
         ({"model": "rar_zz"}, "rar_zz"),
         ({"orders": ["raster", "sideways"]}, "sideways"),
+        ({"runtime": "tensorrt"}, "tensorrt"),  # Gradio checks the choices
+        ({"runtime": "onnx int8"}, "int8 changes the bundled model's pictures"),
     ],
 )
 def test_invalid_inputs_are_rejected_with_a_clear_error(
@@ -320,6 +324,33 @@ def test_invalid_inputs_are_rejected_with_a_clear_error(
     with pytest.raises(Exception, match=re.escape(message)) as err:
         client.predict(**inputs, api_name="/generate")
     assert "Traceback" not in str(err.value)
+
+
+def test_the_onnx_runtime_paints_the_same_picture(
+    client: Client, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # the export is cached under it
+    inputs = {
+        "model": "bundled",
+        "class_name": "Flags",
+        "orders": ["raster"],
+        "seed": 0,
+        "temperature": studio.TEMPERATURE_RANGE[0],  # all but greedy: no ties to break apart
+        "speed": studio.SPEED_RANGE[1],
+        "api_name": "/generate",
+    }
+    runs = []  # (final panel, last status) of each runtime
+    for runtime in ("torch", "onnx"):
+        job = client.submit(**inputs, runtime=runtime)
+        job.result(timeout=300)
+        *_, finals, last = job.outputs()
+        runs.append((_image(finals[1]), last[0]))
+    (torch_image, torch_status), (onnx_image, onnx_status) = runs
+    assert onnx_status.startswith("**Done**") and "· onnx" in onnx_status
+    assert "onnx" not in torch_status
+    assert list(tmp_path.glob("rar_demo/onnx/bundled-*/export.json"))
+    diff = np.abs(onnx_image.astype(int) - torch_image)
+    assert diff.mean() < 0.5  # the same tokens; decoders differ by at most a level here and there
 
 
 def test_an_unreachable_hub_model_gives_a_clear_error(client: Client) -> None:
@@ -359,3 +390,4 @@ def test_the_api_is_named_and_documents_its_parameters(client: Client) -> None:
     for name in ("cfg_scale", "cfg_power", "temperature", "top_k"):
         assert optional[name]["parameter_default"] is None  # None = the model's default
     assert optional["speed"]["parameter_default"] == studio.DEFAULT_SPEED
+    assert optional["runtime"]["parameter_default"] == "torch"
