@@ -49,7 +49,7 @@ STEP_FILE = "decode_step.onnx"
 DECODER_FILE = "decoder.onnx"
 # The generator's GEMMs quantize their activations per call (dynamic). Convolutions do not: ONNX
 # Runtime's ConvInteger is several times slower than fp32 on CPU, while QLinearConv with
-# activation ranges calibrated ahead of time (static) is 2.4x faster than fp32.
+# activation ranges calibrated ahead of time (static) is 2.4x faster than fp32 (RAR-B's decoder).
 DYNAMIC = (MODULATION_FILE, STEP_FILE)
 QUANTIZED = (*DYNAMIC, DECODER_FILE)
 CALIBRATION_GRIDS = 8
@@ -235,7 +235,7 @@ def quantize(out: Path, tokenizer: VQGAN) -> None:
     for file in QUANTIZED:
         if (out / int8_name(file)).is_file():
             continue
-        tmp = out / f"{int8_name(file)}.tmp"
+        tmp = out / f"{int8_name(file)}.tmp-{os.getpid()}"  # two processes may both get here
         if file in DYNAMIC:
             quantize_dynamic(out / file, tmp, weight_type=QuantType.QInt8, per_channel=True)
         else:
