@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -230,17 +231,27 @@ def _quantize_decoder(src: Path, dst: Path, tokenizer: VQGAN) -> None:
         )
 
 
+def _no_preprocess_hint(record: logging.LogRecord) -> bool:
+    # onnxruntime.quantization logs a hint to pre-process through the root logger on every call.
+    return "pre-process" not in record.getMessage()
+
+
 def quantize(out: Path, tokenizer: VQGAN) -> None:
     """Adds the *.int8.onnx files that are missing (see `QUANTIZED`)."""
-    for file in QUANTIZED:
-        if (out / int8_name(file)).is_file():
-            continue
-        tmp = out / f"{int8_name(file)}.tmp-{os.getpid()}"  # two processes may both get here
-        if file in DYNAMIC:
-            quantize_dynamic(out / file, tmp, weight_type=QuantType.QInt8, per_channel=True)
-        else:
-            _quantize_decoder(out / file, tmp, tokenizer)
-        os.replace(tmp, out / int8_name(file))
+    root = logging.getLogger()
+    root.addFilter(_no_preprocess_hint)
+    try:
+        for file in QUANTIZED:
+            if (out / int8_name(file)).is_file():
+                continue
+            tmp = out / f"{int8_name(file)}.tmp-{os.getpid()}"  # two processes may both get here
+            if file in DYNAMIC:
+                quantize_dynamic(out / file, tmp, weight_type=QuantType.QInt8, per_channel=True)
+            else:
+                _quantize_decoder(out / file, tmp, tokenizer)
+            os.replace(tmp, out / int8_name(file))
+    finally:
+        root.removeFilter(_no_preprocess_hint)
 
 
 def write_manifest(out: Path, model: RAR, tokenizer: VQGAN) -> None:
