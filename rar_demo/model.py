@@ -85,7 +85,7 @@ def attend_with_cache(
     One softmax over [cache scores, own scores] equals attention over the written cache, without
     first copying the new keys into it (a copy of the whole cache in an ONNX graph).
     """
-    T = k_cache.shape[2]
+    T = int(k_cache.shape[2])  # a Python int: the ONNX export bakes it in (see Attention)
     scores = torch.cat([q @ k_cache.transpose(-2, -1), q @ k.transpose(-2, -1)], dim=-1)
     weights = (scores * scale + bias).softmax(-1)  # (B, H, N, T + N)
     return weights[..., :T] @ v_cache + weights[..., T:] @ v  # (B, H, N, hd)
@@ -106,15 +106,18 @@ class Attention(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Returns the output and this call's keys and values (B, H, N, hd), which the caller
         stores in the cache (read-only here). Without a cache, attention is causal over x."""
-        B, N, D = x.shape
-        qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, N, hd)
+        B, N, _ = x.shape
+        # (B, 3H, N, hd): one Split gives q, k, v (a permute and unbind export to 7 nodes).
+        qkv = self.qkv(x).view(B, N, 3 * self.num_heads, self.head_dim).transpose(1, 2)
+        q, k, v = qkv.split(self.num_heads, dim=1)  # 3 x (B, H, N, hd)
         q, k = self.q_norm(q), self.k_norm(k)
         if cache is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             out = attend_with_cache(q, k, v, *cache, bias, self.head_dim**-0.5)
-        out = out.transpose(1, 2).reshape(B, N, D)
+        # -1 and Python ints: the ONNX export (dynamic batch) then reads no shapes at run time,
+        # which would be a dozen tiny nodes per layer and step.
+        out = out.transpose(1, 2).reshape(-1, int(N), self.num_heads * self.head_dim)
         return self.proj(out), k, v
 
 

@@ -43,7 +43,7 @@ from ..config import RARConfig
 from ..model import PREFIX, RAR, KVCache, Modulation
 from ..vqgan import VQGAN
 
-FORMAT = 2  # bump when the graphs' inputs, outputs or semantics change: invalidates caches
+FORMAT = 3  # bump when the graphs change (inputs, outputs, semantics, speed): invalidates caches
 OPSET = 18
 MODULATION_FILE = "modulation.onnx"
 STEP_FILE = "decode_step.onnx"
