@@ -70,6 +70,7 @@ def compare_int8(pipe: Pipeline, out: Path, seed: int = 0) -> dict:
         for q in (False, True)
     )
     orders = ["raster", "random"]
+    labels = [f"{q} {o[:3]}" for q in ("fp32", "int8") for o in orders]
     greedy = pipe.sampling.with_(greedy=True)
     same, total, rows, decoder_psnr = 0, 0, [], []
     for class_id, name in enumerate(pipe.class_names):
@@ -78,7 +79,6 @@ def compare_int8(pipe: Pipeline, out: Path, seed: int = 0) -> dict:
         a, b = (_final(p.stream(class_id, orders, seed)) for p in (fp32, int8))
         decoder_psnr.append(psnr(int8.decode(a), fp32.decode(a)))
         panels = torch.cat([fp32.decode(a), int8.decode(b)])
-        labels = [f"{q} {o[:3]}" for q in ("fp32", "int8") for o in orders]
         rows.append(sheet(list(to_uint8(panels)), labels, scale=2, footer=name))
     stack(rows).save(out / "int8.png")
     return {
@@ -116,8 +116,8 @@ def evaluate(out: Path, data_path: Path, seeds: int, int8: bool = False) -> dict
     for class_id, name in enumerate(pipe.class_names):
         panels = []
         for seed in range(seeds):
-            (last,) = deque(pipe.stream(class_id, ["raster", "random"], seed), maxlen=1)
-            panels.extend(to_uint8(pipe.decode(last.canvas)))
+            canvas = _final(pipe.stream(class_id, ["raster", "random"], seed))
+            panels.extend(to_uint8(pipe.decode(canvas)))
         rows.append(
             sheet(
                 panels,
