@@ -77,8 +77,9 @@ def compare_int8(pipe: Pipeline, out: Path, seed: int = 0) -> dict:
         a, b = (_final(p.stream(class_id, orders, seed, greedy)) for p in (fp32, int8))
         same, total = same + (a == b).sum().item(), total + a.numel()
         a, b = (_final(p.stream(class_id, orders, seed)) for p in (fp32, int8))
-        decoder_psnr.append(psnr(int8.decode(a), fp32.decode(a)))
-        panels = torch.cat([fp32.decode(a), int8.decode(b)])
+        reference = fp32.decode(a)
+        decoder_psnr.append(psnr(int8.decode(a), reference))
+        panels = torch.cat([reference, int8.decode(b)])
         rows.append(sheet(list(to_uint8(panels)), labels, scale=2, footer=name))
     stack(rows).save(out / "int8.png")
     return {
