@@ -21,6 +21,7 @@ import json
 import math
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -276,11 +277,38 @@ def tokenize(tokenizer: VQGAN, data: EmojiDataset, flip: bool = False) -> Tensor
     return torch.cat([tokenizer.encode(b.to(device)).cpu() for b in images.split(256)])
 
 
-def generator_config(preset: str, num_classes: int, codebook_size: int) -> RARConfig:
+def generator_config(
+    preset: str, num_classes: int, codebook_size: int, layers: int | None = None
+) -> RARConfig:
     base = RAR_PRESETS[preset].to_dict()
+    layers = layers or base["num_hidden_layers"]
     return RARConfig.from_dict(
-        {**base, "condition_num_classes": num_classes, "codebook_size": codebook_size}
+        {
+            **base,
+            "condition_num_classes": num_classes,
+            "codebook_size": codebook_size,
+            "num_hidden_layers": layers,
+        }
     )
+
+
+def grow(model: RAR, source: RAR) -> None:
+    """Loads `source` into `model`, which may be deeper: the source blocks keep their order,
+    spread evenly, and the other blocks keep their adaLN-Zero initialisation, under which a
+    block is the identity. So the grown model starts out computing exactly what source does."""
+    n, m = len(source.blocks), len(model.blocks)
+    if m < n or replace(source.config, num_hidden_layers=m) != model.config:
+        raise ValueError(f"a generator of {n} layers cannot start this one of {m}")
+    slots = [i * m // n for i in range(n)]
+    state = {}
+    for key, value in source.state_dict().items():
+        if key.startswith("blocks."):
+            _, i, rest = key.split(".", 2)
+            key = f"blocks.{slots[int(i)]}.{rest}"
+        state[key] = value
+    missing, _ = model.load_state_dict(state, strict=False)
+    new = tuple(f"blocks.{i}." for i in set(range(m)) - set(slots))
+    assert all(k.startswith(new) for k in missing), missing
 
 
 def train_generator(args: argparse.Namespace) -> None:
@@ -291,11 +319,13 @@ def train_generator(args: argparse.Namespace) -> None:
     # Mirrored emoji are still emoji of their group: twice the data for free.
     tokens = torch.cat([tokenize(tokenizer, train), tokenize(tokenizer, train, flip=True)])
     labels = torch.from_numpy(train.labels).repeat(2)
-    config = generator_config(args.preset, len(data.class_names), tokenizer.config.codebook_size)
+    config = generator_config(
+        args.preset, len(data.class_names), tokenizer.config.codebook_size, args.layers
+    )
     torch.manual_seed(args.seed)
     model = RAR(config).to(device)
     if args.init:  # go on from exported weights (fp16), e.g. the shipped bundled generator
-        model.load_state_dict(hub.load_generator("bundled", weights=args.init)[0].state_dict())
+        grow(model, hub.load_generator("bundled", weights=args.init)[0])
     # As in the official recipe: no weight decay on norms, biases and embedding tables.
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
@@ -385,6 +415,11 @@ def main(argv: list[str] | None = None) -> None:
             )
         if name == "generator":
             p.add_argument("--init", type=Path, help="start from exported generator weights")
+            p.add_argument(
+                "--layers",
+                type=int,
+                help="depth, if not the preset's; with --init, new layers start as identity",
+            )
             p.add_argument("--balanced", action="store_true", help="draw every class equally often")
     p = sub.add_parser("export", help="write the trained runs into assets/bundled")
     p.add_argument("--tokenizer", type=Path, required=True)

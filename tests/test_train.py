@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from rar_demo.hub import load_generator, load_tokenizer
 from rar_demo.model import RAR
 from rar_demo.train import (
     balanced_batches,
+    grow,
     learning_rate,
     load_checkpoint,
     main,
@@ -76,6 +78,31 @@ def test_generator_steps_lower_the_loss() -> None:
         loss.backward()
         opt.step()
     assert rar_loss(model, tokens, labels, orders).item() < first.item() - 0.3
+
+
+def test_a_grown_generator_starts_out_computing_the_same_logits() -> None:
+    torch.manual_seed(0)
+    source = RAR(TINY_RAR)
+    for p in source.parameters():  # trained-looking weights: adaLN no longer zero
+        p.data.normal_(0, 0.05)
+    deeper = RAR(replace(TINY_RAR, num_hidden_layers=5))
+    grow(deeper, source)
+    tokens = torch.randint(0, TINY_RAR.codebook_size, (3, 16))
+    labels = torch.tensor([0, 4, TINY_RAR.null_class])
+    orders = torch.stack([torch.randperm(16) for _ in range(3)])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            deeper(tokens, labels, orders), source(tokens, labels, orders), atol=1e-6, rtol=0
+        )
+    # The new blocks leave identity as soon as training starts.
+    loss = rar_loss(deeper, tokens, labels, orders)
+    loss.backward()
+    assert all(b.adaLN_modulation[-1].weight.grad.abs().sum() > 0 for b in deeper.blocks)
+
+    with pytest.raises(ValueError, match="cannot start"):
+        grow(RAR(TINY_RAR), deeper)
+    with pytest.raises(ValueError, match="cannot start"):
+        grow(RAR(replace(TINY_RAR, hidden_size=64, intermediate_size=128)), source)
 
 
 def test_tokenizer_steps_lower_the_loss() -> None:
@@ -195,3 +222,11 @@ def test_training_runs_resume_and_export(tiny_dataset, tmp_path, capsys) -> None
     resumed = load_checkpoint(more)[1]
     for key, value in model.state_dict().items():
         torch.testing.assert_close(resumed[key], value, atol=1e-6, rtol=0)
+
+    # ... or grows it deeper first.
+    deeper = tmp_path / "deeper"
+    layers = model.config.num_hidden_layers + 2
+    shipped = ["--init", str(out / "generator.safetensors"), "--layers", str(layers)]
+    tokenizer = ["--tokenizer", str(out / "tokenizer.safetensors")]
+    main(["generator", "--out", str(deeper), *tokenizer, *shipped, "--steps", "1", *common])
+    assert load_checkpoint(deeper)[0]["num_hidden_layers"] == layers
