@@ -36,6 +36,7 @@ CACHE = studio.ModelCache(
     "cuda" if torch.cuda.is_available() else "cpu",
     compile=os.environ.get("RAR_DEMO_COMPILE") == "1",
 )
+RUNTIME_CHOICES = studio.runtimes(os.environ)
 DEFAULT_ORDERS = ["raster", "random"]
 CSS = """
 /* Small models make 64 px images: scale them up crisply to fill the panel. */
@@ -194,7 +195,12 @@ def create_demo(model: str | None = None) -> gr.Blocks:
             with gr.Column(scale=1, min_width=300):
                 with gr.Row():
                     model_box = gr.Dropdown(list(MODEL_NAMES), value=model, label="Model")
-                    runtime_box = gr.Radio(list(studio.RUNTIMES), value="torch", label="Runtime")
+                    runtime_box = gr.Radio(
+                        RUNTIME_CHOICES,
+                        value="torch",
+                        label="Runtime",
+                        visible=len(RUNTIME_CHOICES) > 1,
+                    )
                 with gr.Row(equal_height=True):
                     class_box = gr.Dropdown(
                         list(pipe.class_names),

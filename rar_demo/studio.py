@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -53,12 +53,20 @@ DEFAULT_SPEED = 64
 RUNTIMES = {"torch": ("torch", False), "onnx": ("onnx", False), "onnx int8": ("onnx", True)}
 
 
-def default_model(env: dict[str, str]) -> str:
+def default_model(env: Mapping[str, str]) -> str:
     """RAR_DEMO_MODEL if set; RAR-B on Hugging Face Spaces; else the offline bundled model."""
     name = env.get("RAR_DEMO_MODEL") or ("rar_b" if env.get("SPACE_ID") else "bundled")
     if name not in MODEL_NAMES:
         raise ValueError(f"RAR_DEMO_MODEL={name!r} is not one of {', '.join(MODEL_NAMES)}")
     return name
+
+
+def runtimes(env: Mapping[str, str]) -> list[str]:
+    """The runtimes to offer. On ZeroGPU (SPACES_ZERO_GPU) torch only: the GPU is attached
+    inside each call, in a forked worker, which an ONNX Runtime session made beforehand cannot
+    follow (its CUDA context, its thread pool)."""
+    zero_gpu = env.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
+    return ["torch"] if zero_gpu else list(RUNTIMES)
 
 
 def examples(model: str) -> list[list]:

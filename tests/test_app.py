@@ -147,6 +147,12 @@ def test_default_model_follows_the_environment() -> None:
         studio.default_model({"RAR_DEMO_MODEL": "big"})
 
 
+def test_zero_gpu_offers_the_torch_runtime_only() -> None:
+    assert studio.runtimes({}) == ["torch", "onnx", "onnx int8"]
+    assert studio.runtimes({"SPACES_ZERO_GPU": "true"}) == ["torch"]
+    assert studio.runtimes({"SPACES_ZERO_GPU": "false"}) == ["torch", "onnx", "onnx int8"]
+
+
 def test_examples_are_valid_for_their_model(cache: studio.ModelCache) -> None:
     for model, class_name, orders, seed in studio.examples("bundled"):
         studio.parse(cache, model, class_name, orders, seed)
