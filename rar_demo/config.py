@@ -185,7 +185,7 @@ RAR_PRESETS: dict[str, RARConfig] = {
     # Our offline model: same 16x16 grid, 9 emoji classes, 512 codes; sized for CPU training.
     "bundled": RARConfig(
         hidden_size=128,
-        num_hidden_layers=6,
+        num_hidden_layers=10,
         num_attention_heads=4,
         intermediate_size=512,
         codebook_size=512,
