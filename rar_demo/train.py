@@ -280,16 +280,10 @@ def tokenize(tokenizer: VQGAN, data: EmojiDataset, flip: bool = False) -> Tensor
 def generator_config(
     preset: str, num_classes: int, codebook_size: int, layers: int | None = None
 ) -> RARConfig:
-    base = RAR_PRESETS[preset].to_dict()
-    layers = layers or base["num_hidden_layers"]
-    return RARConfig.from_dict(
-        {
-            **base,
-            "condition_num_classes": num_classes,
-            "codebook_size": codebook_size,
-            "num_hidden_layers": layers,
-        }
+    config = replace(
+        RAR_PRESETS[preset], condition_num_classes=num_classes, codebook_size=codebook_size
     )
+    return replace(config, num_hidden_layers=layers) if layers else config
 
 
 def grow(model: RAR, source: RAR) -> None:
