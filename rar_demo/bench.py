@@ -119,11 +119,10 @@ def build(case: Case, device: str) -> tuple[Executor, Callable[[Tensor], Tensor]
     """The executor and the codes -> pixels function that `case` measures."""
     model, tokenizer = random_models(case.model)
     if case.backend == "onnx":
-        from .backends.onnx import OnnxDecoder, OnnxExecutor, ensure_export
+        from .backends.onnx import ensure_export, open_export
 
         int8 = case.dtype == "int8"
-        directory = ensure_export(case.model, model, tokenizer, int8=int8)
-        return OnnxExecutor(directory, int8=int8), OnnxDecoder(directory, int8=int8).decode
+        return open_export(ensure_export(case.model, model, tokenizer, int8=int8), int8)
     model, tokenizer = model.to(device), tokenizer.to(device)
     model = quantize_int8(model) if case.dtype == "int8" else model.to(DTYPES[case.dtype])
     if case.path in ("graph", "compiled"):

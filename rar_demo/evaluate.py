@@ -58,17 +58,15 @@ def _final(events: Iterator[StepEvent]) -> Tensor:
 def compare_int8(pipe: Pipeline, out: Path, seed: int = 0) -> dict:
     """fp32 vs int8 ONNX on every class, raster and random: same seed, so any difference is
     the quantization's."""
-    from .backends.onnx import OnnxDecoder, OnnxExecutor, ensure_export
+    from .backends.onnx import ensure_export, open_export
 
     directory = ensure_export(pipe.name, pipe.generator, pipe.tokenizer, int8=True)
-    fp32, int8 = (
-        replace(
-            pipe,
-            executor=OnnxExecutor(directory, int8=q),
-            decoder=OnnxDecoder(directory, int8=q).decode,
-        )
-        for q in (False, True)
-    )
+
+    def on_onnx(quantized: bool) -> Pipeline:
+        executor, decoder = open_export(directory, quantized)
+        return replace(pipe, executor=executor, decoder=decoder)
+
+    fp32, int8 = on_onnx(False), on_onnx(True)
     orders = ["raster", "random"]
     labels = [f"{q} {o[:3]}" for q in ("fp32", "int8") for o in orders]
     greedy = pipe.sampling.with_(greedy=True)

@@ -148,13 +148,10 @@ def load_pipeline(
     # The torch decoder stays fp32 (the onnx int8 export quantizes it with calibrated ranges).
     tokenizer = load_tokenizer(name, tokenizer_weights, device=device)
     if backend == "onnx":
-        from .backends.onnx import OnnxDecoder, OnnxExecutor, ensure_export
+        from .backends.onnx import ensure_export, open_export
 
         directory = ensure_export(name, generator, tokenizer, int8=int8)
-        executor, decoder = (
-            OnnxExecutor(directory, int8=int8),
-            OnnxDecoder(directory, int8=int8).decode,
-        )
+        executor, decoder = open_export(directory, int8)
     else:
         executor, decoder = torch_executor(generator, compile), None
     return Pipeline(name, generator, tokenizer, classes, SAMPLING_PRESETS[name], executor, decoder)

@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -422,3 +423,10 @@ class OnnxDecoder:
         pixels = torch.empty(codes.shape[0], 3, R, R, device=self.device)
         _run(self._session, {"codes": codes.to(self.device).contiguous()}, {"pixels": pixels})
         return pixels
+
+
+def open_export(
+    directory: Path, int8: bool = False
+) -> tuple[OnnxExecutor, Callable[[Tensor], Tensor]]:
+    """An export's generator executor and its (B, N) codes -> pixels function."""
+    return OnnxExecutor(directory, int8=int8), OnnxDecoder(directory, int8=int8).decode
