@@ -20,7 +20,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .data import CACHE_PATH, load_or_build
@@ -28,25 +27,7 @@ from .hub import BUNDLED_DIR
 from .pipeline import Pipeline, load_pipeline
 from .render import sheet, stack, to_uint8
 from .sampler import StepEvent
-from .train import psnr, to_tensor, tokenize
-
-
-@torch.inference_mode()
-def nll_per_token(
-    pipe: Pipeline, tokens: torch.Tensor, labels: torch.Tensor, random: bool, seed: int = 0
-) -> float:
-    L = tokens.shape[1]
-    gen = torch.Generator().manual_seed(seed)
-    total, count = 0.0, 0
-    for x, y in zip(tokens.split(128), labels.split(128), strict=True):
-        if random:
-            orders = torch.stack([torch.randperm(L, generator=gen) for _ in range(len(x))])
-        else:
-            orders = torch.arange(L).expand(len(x), -1)
-        logits = pipe.generator(x, y, orders)[:, :-1]
-        loss = F.cross_entropy(logits.flatten(0, 1), x.gather(1, orders).flatten(), reduction="sum")
-        total, count = total + loss.item(), count + x.numel()
-    return total / count
+from .train import heldout_nll, psnr, to_tensor, tokenize
 
 
 def _final(events: Iterator[StepEvent]) -> Tensor:
@@ -101,8 +82,7 @@ def evaluate(out: Path, data_path: Path, seeds: int, int8: bool = False) -> dict
         "codebook_usage": round(
             all_codes.unique().numel() / pipe.tokenizer.config.codebook_size, 3
         ),
-        "generator_heldout_nll_raster": round(nll_per_token(pipe, tokens, labels, False), 4),
-        "generator_heldout_nll_random": round(nll_per_token(pipe, tokens, labels, True), 4),
+        **{f"generator_{k}": v for k, v in heldout_nll(pipe.generator, tokens, labels).items()},
         "heldout_images": len(heldout),
         "bundled_bytes": sum(p.stat().st_size for p in BUNDLED_DIR.glob("*.safetensors")),
     }

@@ -66,6 +66,29 @@ def rar_loss(model: RAR, tokens: Tensor, labels: Tensor, orders: Tensor) -> Tens
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 
+@torch.inference_mode()
+def nll_per_token(model: RAR, tokens: Tensor, labels: Tensor, random: bool, seed: int = 0) -> float:
+    """Teacher-forced negative log-likelihood per token (nats), in raster or random orders."""
+    L = tokens.shape[1]
+    gen = torch.Generator().manual_seed(seed)
+    total = 0.0
+    for x, y in zip(tokens.split(128), labels.split(128), strict=True):
+        orders = sample_orders(len(x), L, float(random), gen)
+        x, y, orders = (t.to(model.device) for t in (x, y, orders))
+        logits = model(x, y, orders)[:, :-1]
+        loss = F.cross_entropy(logits.flatten(0, 1), x.gather(1, orders).flatten(), reduction="sum")
+        total += loss.item()
+    return total / tokens.numel()
+
+
+def heldout_nll(model: RAR, tokens: Tensor, labels: Tensor) -> dict[str, float]:
+    """`nll_per_token` in raster and in random orders, as log and metrics fields."""
+    return {
+        f"heldout_nll_{name}": round(nll_per_token(model, tokens, labels, random), 4)
+        for name, random in (("raster", False), ("random", True))
+    }
+
+
 def vq_forward(model: VQGAN, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Reconstruction with a straight-through quantizer: (recon, codebook+commit loss, codes)."""
     z = model.encoder(images)
@@ -278,12 +301,26 @@ def tokenize(tokenizer: VQGAN, data: EmojiDataset, flip: bool = False) -> Tensor
 
 
 def generator_config(
-    preset: str, num_classes: int, codebook_size: int, layers: int | None = None
+    preset: str,
+    num_classes: int,
+    codebook_size: int,
+    layers: int | None = None,
+    width: int | None = None,
 ) -> RARConfig:
+    """The preset for this data; `layers` and `width` (hidden size, with 32-wide heads and a
+    4x MLP as in the preset) override its size."""
     config = replace(
         RAR_PRESETS[preset], condition_num_classes=num_classes, codebook_size=codebook_size
     )
-    return replace(config, num_hidden_layers=layers) if layers else config
+    if layers:
+        config = replace(config, num_hidden_layers=layers)
+    if width:
+        if width % 32:
+            raise ValueError(f"width must be a multiple of 32 (the head size), got {width}")
+        config = replace(
+            config, hidden_size=width, num_attention_heads=width // 32, intermediate_size=4 * width
+        )
+    return config
 
 
 def grow(model: RAR, source: RAR) -> None:
@@ -309,12 +346,13 @@ def train_generator(args: argparse.Namespace) -> None:
     device = args.device
     data = load_or_build(args.data)
     tokenizer = load_tokenizer(args.tokenizer, device)
-    train = data.train()
+    train, heldout = data.train(), data.heldout_split()
     # Mirrored emoji are still emoji of their group: twice the data for free.
     tokens = torch.cat([tokenize(tokenizer, train), tokenize(tokenizer, train, flip=True)])
     labels = torch.from_numpy(train.labels).repeat(2)
+    heldout_tokens, heldout_labels = tokenize(tokenizer, heldout), torch.from_numpy(heldout.labels)
     config = generator_config(
-        args.preset, len(data.class_names), tokenizer.config.codebook_size, args.layers
+        args.preset, len(data.class_names), tokenizer.config.codebook_size, args.layers, args.width
     )
     torch.manual_seed(args.seed)
     model = RAR(config).to(device)
@@ -356,6 +394,7 @@ def train_generator(args: argparse.Namespace) -> None:
             )
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
             run.save(model, opt, step + 1, config.to_dict())
+            run.log({"step": step + 1, **heldout_nll(model, heldout_tokens, heldout_labels)})
 
 
 def export(args: argparse.Namespace) -> None:
@@ -414,6 +453,7 @@ def main(argv: list[str] | None = None) -> None:
                 type=int,
                 help="depth, if not the preset's; with --init, new layers start as identity",
             )
+            p.add_argument("--width", type=int, help="hidden size, if not the preset's")
             p.add_argument("--balanced", action="store_true", help="draw every class equally often")
     p = sub.add_parser("export", help="write the trained runs into assets/bundled")
     p.add_argument("--tokenizer", type=Path, required=True)

@@ -16,10 +16,12 @@ from rar_demo.hub import load_generator, load_tokenizer
 from rar_demo.model import RAR
 from rar_demo.train import (
     balanced_batches,
+    generator_config,
     grow,
     learning_rate,
     load_checkpoint,
     main,
+    nll_per_token,
     random_ratio,
     rar_loss,
     sample_orders,
@@ -78,6 +80,31 @@ def test_generator_steps_lower_the_loss() -> None:
         loss.backward()
         opt.step()
     assert rar_loss(model, tokens, labels, orders).item() < first.item() - 0.3
+
+
+def test_heldout_nll_is_the_mean_cross_entropy_in_either_order() -> None:
+    torch.manual_seed(0)
+    model = RAR(TINY_RAR)
+    tokens = torch.randint(0, TINY_RAR.codebook_size, (5, 16))
+    labels = torch.randint(0, TINY_RAR.condition_num_classes, (5,))
+    raster = nll_per_token(model, tokens, labels, random=False)
+    expected = rar_loss(model, tokens, labels, torch.arange(16).expand(5, -1)).item()
+    assert raster == pytest.approx(expected, rel=1e-5)
+    random = nll_per_token(model, tokens, labels, random=True)
+    assert random == nll_per_token(model, tokens, labels, random=True)  # seeded orders
+    assert random != raster
+
+
+def test_width_resizes_the_preset_with_32_wide_heads() -> None:
+    config = generator_config("bundled", 9, 512, layers=3, width=96)
+    assert (config.hidden_size, config.num_attention_heads, config.intermediate_size) == (
+        96,
+        3,
+        384,
+    )
+    assert (config.num_hidden_layers, config.condition_num_classes) == (3, 9)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        generator_config("bundled", 9, 512, width=100)
 
 
 def test_a_grown_generator_starts_out_computing_the_same_logits() -> None:
@@ -182,6 +209,10 @@ def test_training_runs_resume_and_export(tiny_dataset, tmp_path, capsys) -> None
 
     main(["generator", "--out", str(gen), "--tokenizer", str(tok), "--steps", "2", *common])
     assert (gen / "ckpt.pt").exists()
+    log = [json.loads(line) for line in (gen / "log.jsonl").read_text().splitlines()]
+    heldout = [r for r in log if "heldout_nll_raster" in r]
+    assert [r["step"] for r in heldout] == [1, 2]  # every checkpoint is scored
+    assert all(0 < r["heldout_nll_random"] < 10 for r in heldout)
     main(
         [
             "export",
@@ -230,3 +261,9 @@ def test_training_runs_resume_and_export(tiny_dataset, tmp_path, capsys) -> None
     tokenizer = ["--tokenizer", str(out / "tokenizer.safetensors")]
     main(["generator", "--out", str(deeper), *tokenizer, *shipped, "--steps", "1", *common])
     assert load_checkpoint(deeper)[0]["num_hidden_layers"] == layers
+
+    # ... or starts a wider one from scratch.
+    wide = tmp_path / "wide"
+    size = ["--width", "64", "--layers", "2"]
+    main(["generator", "--out", str(wide), *tokenizer, *size, "--steps", "1", *common])
+    assert load_checkpoint(wide)[0]["hidden_size"] == 64
