@@ -182,12 +182,13 @@ RAR_PRESETS: dict[str, RARConfig] = {
     "rar_xxl": RARConfig(
         hidden_size=1408, num_hidden_layers=40, intermediate_size=6144, **_OFFICIAL
     ),
-    # Our offline model: same 16x16 grid, 9 emoji classes, 512 codes; sized for CPU training.
+    # Our offline model: same 16x16 grid, 9 emoji classes, 512 codes; small enough to run
+    # fast on a CPU and to ship in the repository.
     "bundled": RARConfig(
-        hidden_size=128,
+        hidden_size=192,
         num_hidden_layers=10,
-        num_attention_heads=4,
-        intermediate_size=512,
+        num_attention_heads=6,
+        intermediate_size=768,
         codebook_size=512,
         image_seq_len=256,
         condition_num_classes=9,

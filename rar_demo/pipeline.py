@@ -141,7 +141,7 @@ def load_pipeline(
         raise ValueError("int8 is offered with the onnx backend only")
     dtype = dtype or default_dtype(name, device)
     if int8 and name == "bundled":
-        # Measured: int8 keeps 94% of the next-token argmaxes but a different token early on
+        # Measured: int8 keeps 92% of the next-token argmaxes but a different token early on
         # changes the whole sample; the small model is fast in fp32 anyway.
         raise ValueError("int8 changes the bundled model's pictures; it runs fast in fp32")
     generator, classes = load_generator(name, weights, device=device, dtype=dtype)
