@@ -10,7 +10,7 @@ import pytest
 import torch
 from tiny import TINY_RAR
 
-from rar_demo.config import VQGANConfig
+from rar_demo.config import RAR_PRESETS, VQGANConfig
 from rar_demo.data import EMOJI_CLASSES, EmojiDataset
 from rar_demo.hub import load_generator, load_tokenizer
 from rar_demo.model import RAR
@@ -96,13 +96,16 @@ def test_heldout_nll_is_the_mean_cross_entropy_in_either_order() -> None:
 
 
 def test_width_resizes_the_preset_with_32_wide_heads() -> None:
-    config = generator_config("bundled", 9, 512, layers=3, width=96)
-    assert (config.hidden_size, config.num_attention_heads, config.intermediate_size) == (
-        96,
-        3,
-        384,
+    expected = replace(
+        RAR_PRESETS["bundled"],
+        hidden_size=96,
+        num_attention_heads=3,
+        intermediate_size=384,
+        num_hidden_layers=3,
+        condition_num_classes=9,
+        codebook_size=512,
     )
-    assert (config.num_hidden_layers, config.condition_num_classes) == (3, 9)
+    assert generator_config("bundled", 9, 512, layers=3, width=96) == expected
     with pytest.raises(ValueError, match="multiple of 32"):
         generator_config("bundled", 9, 512, width=100)
 
