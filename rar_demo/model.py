@@ -56,6 +56,21 @@ class KVCache:
     v: Tensor  # (layers, B, H, T, head_dim)
     modulation: Modulation | None = None  # None: decoding computes the adaLN outputs per step
 
+    @classmethod
+    def empty(
+        cls, config: RARConfig, batch_size: int, device: torch.device, dtype: torch.dtype
+    ) -> KVCache:
+        """Zeros for cls, condition and the L - 1 fed-back tokens of one whole generation."""
+        shape = (
+            config.num_hidden_layers,
+            batch_size,
+            config.num_attention_heads,
+            config.image_seq_len + 1,
+            config.head_dim,
+        )
+        k = torch.zeros(shape, device=device, dtype=dtype)
+        return cls(k=k, v=torch.zeros_like(k))
+
     @property
     def batch_size(self) -> int:
         return self.k.shape[1]
@@ -248,18 +263,9 @@ class RAR(nn.Module):
     def new_cache(
         self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None
     ) -> KVCache:
-        """A KV cache for one whole generation: cls, condition and L - 1 fed-back tokens."""
+        """A KV cache for one whole generation, on the weights' device and dtype by default."""
         ref = self.lm_head.weight
-        cfg = self.config
-        shape = (
-            cfg.num_hidden_layers,
-            batch_size,
-            cfg.num_attention_heads,
-            cfg.image_seq_len + 1,
-            cfg.head_dim,
-        )
-        k = torch.zeros(shape, device=device or ref.device, dtype=dtype or ref.dtype)
-        return KVCache(k=k, v=torch.zeros_like(k))
+        return KVCache.empty(self.config, batch_size, device or ref.device, dtype or ref.dtype)
 
     def modulation_table(self, labels: Tensor) -> Tensor:
         """(U,) labels -> (T, U, M) adaLN outputs for every slot a generation uses."""

@@ -351,16 +351,7 @@ class OnnxExecutor:
         self.device = _device(self._step)
 
     def new_cache(self, batch_size: int) -> KVCache:
-        cfg = self.config
-        shape = (
-            cfg.num_hidden_layers,
-            batch_size,
-            cfg.num_attention_heads,
-            cfg.image_seq_len + 1,
-            cfg.head_dim,
-        )
-        k = torch.zeros(shape, device=self.device)
-        return KVCache(k=k, v=torch.zeros_like(k))
+        return KVCache.empty(self.config, batch_size, self.device, torch.float32)
 
     def prefill(self, cache: KVCache, labels: Tensor, first_positions: Tensor) -> Tensor:
         cfg = self.config
