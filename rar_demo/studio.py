@@ -77,7 +77,7 @@ def examples(model: str) -> list[list]:
             ["bundled", "Animals & Nature", ["raster", "random"], 2],
             ["bundled", "Food & Drink", ["raster", "checkerboard"], 0],
             ["bundled", "Smileys & Emotion", ["raster", "random"], 0],
-            ["bundled", "Flags", ["raster", "spiral", "center-out", "random"], 1],
+            ["bundled", "Flags", ["raster", "spiral", "center-out", "random"], 2],
         ]
     return [
         [model, "golden retriever", ["raster", "random"], 0],
