@@ -15,9 +15,10 @@ import gradio as gr
 import torch
 
 from rar_demo import studio
-from rar_demo.hub import MODEL_NAMES, WeightsUnavailable
+from rar_demo.hub import WeightsUnavailable
 from rar_demo.orders import ORDER_NAMES
 from rar_demo.pipeline import Pipeline
+from rar_demo.registry import MODEL_NAMES
 
 try:  # ZeroGPU on Hugging Face Spaces: a GPU is attached only while a decorated call runs.
     import spaces

@@ -20,14 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from rar_demo.backends.onnx import export_all
-from rar_demo.bench import random_models
-from rar_demo.hub import (
-    MODEL_NAMES,
-    WeightsUnavailable,
-    load_generator,
-    load_tokenizer,
-)
+from rar_demo.backends.onnx_export import export_all
+from rar_demo.hub import WeightsUnavailable, load_generator, load_tokenizer, random_models
+from rar_demo.registry import MODEL_NAMES
 
 
 def main(argv: list[str] | None = None) -> int:

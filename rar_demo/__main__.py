@@ -10,10 +10,11 @@ import torch
 
 from .backends import BACKENDS
 from .config import SamplingConfig
-from .hub import MODEL_NAMES, WeightsUnavailable
+from .hub import WeightsUnavailable
 from .orders import ORDER_NAMES
 from .pipeline import DTYPES, Pipeline, load_pipeline
-from .render import mark_progress, save_animation, sheet, to_uint8
+from .registry import MODEL_NAMES
+from .render import display_scale, mark_progress, save_animation, sheet, to_uint8
 
 GIF_FRAMES = 64
 
@@ -44,9 +45,10 @@ def generate(args: argparse.Namespace) -> None:
     class_id = pipe.class_id(args.class_)
     orders = args.order or ["raster"]
     sampling = _sampling(pipe, args)
+    scale = args.scale or display_scale(pipe.tokenizer.config.resolution)
     every = max(1, pipe.generator.config.image_seq_len // GIF_FRAMES)
     frames, event = [], None
-    for event in pipe.stream(class_id, orders, args.seed, sampling):
+    for event in pipe.stream(class_id, pipe.orders(orders, args.seed), args.seed, sampling):
         if args.gif and (event.step % every == 0 or event.done):
             pixels = pipe.decode(event.canvas)
             panels = mark_progress(
@@ -56,7 +58,7 @@ def generate(args: argparse.Namespace) -> None:
                 sheet(
                     panels,
                     orders,
-                    scale=args.scale,
+                    scale=scale,
                     footer=f"step {event.step + 1}/{event.num_steps}",
                 )
             )
@@ -64,7 +66,7 @@ def generate(args: argparse.Namespace) -> None:
     name = pipe.class_names[class_id]
     title = f"{pipe.name} | {name} | seed {args.seed} | cfg {sampling.guidance_scale:g}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    sheet(finals, orders, scale=args.scale, footer=title).save(args.out)
+    sheet(finals, orders, scale=scale, footer=title).save(args.out)
     print(f"wrote {args.out} ({name}, orders: {', '.join(orders)}, seed {args.seed})")
     if args.gif:
         gif = save_animation(frames, args.out.with_suffix(".gif"))
@@ -98,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--top-k", type=int)
     gen.add_argument("--top-p", type=float)
     gen.add_argument("--greedy", action="store_true", help="always take the likeliest token")
-    gen.add_argument("--scale", type=int, default=None, help="pixel upscaling of the sheet")
+    gen.add_argument(
+        "--scale", type=int, default=None, help="pixel upscaling of the sheet (default: to 256 px)"
+    )
     gen.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     gen.add_argument(
         "--backend",
@@ -122,8 +126,6 @@ def main(argv: list[str] | None = None) -> int:
         help="onnx backend, official models: int8 weights (faster; samples differ from fp32)",
     )
     args = parser.parse_args(argv)
-    if args.scale is None:
-        args.scale = 4 if args.model == "bundled" else 1
     if len(args.order or []) > 8:
         parser.error("at most 8 orders")
     try:

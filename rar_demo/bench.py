@@ -21,17 +21,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .backends import Executor, TorchExecutor
 from .backends.graphs import GraphExecutor
-from .config import RAR_PRESETS, SAMPLING_PRESETS, VQGAN_PRESETS, SamplingConfig
-from .hub import TOKENIZER
+from .config import SamplingConfig
+from .hub import random_models
 from .model import RAR
 from .orders import make_order
 from .pipeline import DTYPES
+from .registry import spec
 from .sampler import generate, stream
-from .vqgan import VQGAN
 
 
 @dataclass(frozen=True)
@@ -90,20 +90,6 @@ CUDA_CASES = [
 CASES = {"cpu": CPU_CASES, "cuda": CUDA_CASES}
 
 
-def random_models(name: str, seed: int = 0) -> tuple[RAR, VQGAN]:
-    """Generator and tokenizer of model `name` at their real sizes, with seeded random weights
-    (seeded, so that an ONNX export of them is found in the cache next time)."""
-    torch.manual_seed(seed)
-    model = RAR(RAR_PRESETS[name]).eval()
-    # The official init zeroes the adaLN weights; trained ones are not, and identical zero
-    # matrices would be merged into one by the ONNX exporter.
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            nn.init.trunc_normal_(module.weight, std=0.02)
-    tokenizer = VQGAN_PRESETS["bundled" if name == "bundled" else TOKENIZER.preset]
-    return model, VQGAN(tokenizer).eval()
-
-
 def quantize_int8(model: RAR) -> RAR:
     """Dynamic int8 quantization of the blocks' and head's linear layers (torch.ao)."""
     from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
@@ -115,11 +101,12 @@ def quantize_int8(model: RAR) -> RAR:
         return quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
 
 
-def build(case: Case, device: str) -> tuple[Executor, Callable[[Tensor], Tensor]]:
+def executor_for(case: Case, device: str) -> tuple[Executor, Callable[[Tensor], Tensor]]:
     """The executor and the codes -> pixels function that `case` measures."""
     model, tokenizer = random_models(case.model)
     if case.backend == "onnx":
-        from .backends.onnx import ensure_export, open_export
+        from .backends.onnx import open_export
+        from .backends.onnx_export import ensure_export
 
         int8 = case.dtype == "int8"
         return open_export(ensure_export(case.model, model, tokenizer, int8=int8), int8)
@@ -178,12 +165,12 @@ def prepare(case: Case, device: str) -> Setup:
     capture, compiling) on a few steps and one decode."""
     if case.threads:
         torch.set_num_threads(case.threads)
-    executor, decode = build(case, device)
+    executor, decode = executor_for(case, device)
     side = executor.config.grid_size
     # As in the app: one class, one panel per order.
     labels = torch.ones(case.orders, dtype=torch.long)
     orders = torch.stack([make_order(case.order, side, side, seed=i) for i in range(case.orders)])
-    sampling = SAMPLING_PRESETS[case.model]
+    sampling = spec(case.model).sampling
     for event in stream(executor, labels, orders, sampling):
         if event.step == 3:
             break

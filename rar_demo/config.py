@@ -1,4 +1,6 @@
-"""Configs for the two networks and the sampler, with named presets.
+"""Configs for the two networks (with named presets) and for the sampler.
+
+Which model uses which preset, and its sampling defaults, is the registry's (registry.py).
 
 Field names follow the official checkpoints' configs so a config dict from a checkpoint or a
 parity fixture maps onto a dataclass one to one (`from_dict`).
@@ -193,17 +195,6 @@ RAR_PRESETS: dict[str, RARConfig] = {
         image_seq_len=256,
         condition_num_classes=9,
     ),
-}
-
-# The paper's settings (RAR README / paper Table 7), used as defaults in the UI and CLI.
-SAMPLING_PRESETS: dict[str, SamplingConfig] = {
-    "rar_b": SamplingConfig(temperature=1.0, guidance_scale=16.0, guidance_power=2.75),
-    "rar_l": SamplingConfig(temperature=1.02, guidance_scale=15.5, guidance_power=2.5),
-    "rar_xl": SamplingConfig(temperature=1.02, guidance_scale=6.9, guidance_power=1.5),
-    "rar_xxl": SamplingConfig(temperature=1.02, guidance_scale=8.0, guidance_power=1.2),
-    # Chosen on 8 seeds x 9 classes x 2 orders against CFG 2/3/5 and temperature 0.6: stronger
-    # guidance speckles this small model's images (MODEL_CARD.md).
-    "bundled": SamplingConfig(temperature=0.8, guidance_scale=1.5, guidance_power=1.0),
 }
 
 VQGAN_PRESETS: dict[str, VQGANConfig] = {

@@ -23,11 +23,12 @@ import torch
 from torch import Tensor
 
 from .data import CACHE_PATH, load_or_build
-from .hub import BUNDLED_DIR
+from .metrics import heldout_nll, psnr
 from .pipeline import Pipeline, load_pipeline
+from .registry import BUNDLED_DIR
 from .render import sheet, stack, to_uint8
 from .sampler import StepEvent
-from .train import heldout_nll, psnr, to_tensor, tokenize
+from .vqgan import to_tensor, tokenize
 
 
 def _final(events: Iterator[StepEvent]) -> Tensor:
@@ -39,7 +40,8 @@ def _final(events: Iterator[StepEvent]) -> Tensor:
 def compare_int8(pipe: Pipeline, out: Path, seed: int = 0) -> dict:
     """fp32 vs int8 ONNX on every class, raster and random: same seed, so any difference is
     the quantization's."""
-    from .backends.onnx import ensure_export, open_export
+    from .backends.onnx import open_export
+    from .backends.onnx_export import ensure_export
 
     directory = ensure_export(pipe.name, pipe.generator, pipe.tokenizer, int8=True)
 
@@ -48,8 +50,9 @@ def compare_int8(pipe: Pipeline, out: Path, seed: int = 0) -> dict:
         return replace(pipe, executor=executor, decoder=decoder)
 
     fp32, int8 = on_onnx(False), on_onnx(True)
-    orders = ["raster", "random"]
-    labels = [f"{q} {o[:3]}" for q in ("fp32", "int8") for o in orders]
+    names = ["raster", "random"]
+    orders = pipe.orders(names, seed)
+    labels = [f"{q} {o[:3]}" for q in ("fp32", "int8") for o in names]
     greedy = pipe.sampling.with_(greedy=True)
     same, total, rows, decoder_psnr = 0, 0, [], []
     for class_id, name in enumerate(pipe.class_names):
@@ -74,8 +77,8 @@ def evaluate(out: Path, data_path: Path, seeds: int, int8: bool = False) -> dict
     heldout = data.heldout_split()
     images = to_tensor(heldout.images)
     recon = torch.cat([pipe.decode(pipe.tokenizer.encode(b)) for b in images.split(256)])
-    all_codes = tokenize(pipe.tokenizer, data)
-    tokens = tokenize(pipe.tokenizer, heldout)
+    all_codes = tokenize(pipe.tokenizer, data.images)
+    tokens = tokenize(pipe.tokenizer, heldout.images)
     labels = torch.from_numpy(heldout.labels)
     metrics = {
         "tokenizer_heldout_psnr_db": round(psnr(recon, images).mean().item(), 2),
@@ -95,7 +98,7 @@ def evaluate(out: Path, data_path: Path, seeds: int, int8: bool = False) -> dict
     for class_id, name in enumerate(pipe.class_names):
         panels = []
         for seed in range(seeds):
-            canvas = _final(pipe.stream(class_id, ["raster", "random"], seed))
+            canvas = _final(pipe.stream(class_id, pipe.orders(["raster", "random"], seed), seed))
             panels.extend(to_uint8(pipe.decode(canvas)))
         rows.append(
             sheet(

@@ -1,4 +1,5 @@
-"""Where weights come from: the official checkpoints on the Hub, or the bundled offline model.
+"""Loading a registered model's weights: from the Hugging Face Hub (downloaded once), from the
+files bundled with the repository, or from local files; and seeded random ones at real sizes.
 
 Every load builds the network on the `meta` device (no memory, no init) and assigns the
 checkpoint's tensors, loaded with `weights_only=True` or from safetensors.
@@ -9,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -20,40 +20,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .config import RAR_PRESETS, VQGAN_PRESETS, RARConfig, VQGANConfig
+from .config import RARConfig, VQGANConfig
 from .model import RAR
+from .registry import HubFile, imagenet_classes, spec
 from .vqgan import VQGAN
-
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-BUNDLED_DIR = ASSETS / "bundled"
-IMAGENET_CLASSES = ASSETS / "imagenet_classes.json"
 
 
 class WeightsUnavailable(RuntimeError):
     """Weights could not be found or fetched; the message says what is missing and how to fix."""
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    repo_id: str
-    filename: str
-    preset: str
-
-    def how_to_get(self) -> str:
-        return (
-            f"download it with `hf download {self.repo_id} {self.filename}` on a machine "
-            "with network access (it lands in the Hugging Face cache), or pass its local path"
-        )
-
-
-GENERATORS: dict[str, Checkpoint] = {
-    name: Checkpoint("yucornetto/RAR", f"{name}.bin", name)
-    for name in ("rar_b", "rar_l", "rar_xl", "rar_xxl")
-}
-TOKENIZER = Checkpoint(
-    "fun-research/TiTok", "maskgit-vqgan-imagenet-f16-256.bin", "maskgit_vqgan_f16_256"
-)
-MODEL_NAMES: tuple[str, ...] = ("bundled", *GENERATORS)
 
 
 def _hub_resolves() -> bool:
@@ -70,9 +44,9 @@ def _offline_requested() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
-def fetch(checkpoint: Checkpoint) -> Path:
-    """Local path of an official file, downloading it (with a progress bar) if needed."""
-    repo, name = checkpoint.repo_id, checkpoint.filename
+def fetch(file: HubFile) -> Path:
+    """Local path of a Hub file, downloading it (with a progress bar) if needed."""
+    repo, name = file.repo_id, file.filename
     try:
         return Path(hf_hub_download(repo, name, local_files_only=True))
     except LocalEntryNotFoundError:
@@ -86,21 +60,24 @@ def fetch(checkpoint: Checkpoint) -> Path:
         raise WeightsUnavailable(
             f"{repo}/{name} is not in the local cache and could not be downloaded "
             f"({'offline' if offline else type(err).__name__}). To use it, "
-            f"{checkpoint.how_to_get()}."
+            f"{file.how_to_get()}."
         ) from err
 
 
-def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
+def read_weights(path: Path | str) -> tuple[dict[str, object], dict[str, torch.Tensor]]:
+    """(metadata, state dict) of a safetensors file (its metadata JSON-decoded) or of a torch
+    checkpoint (no metadata), loaded without running any pickled code."""
     path = Path(path)
     if not path.is_file():
         raise WeightsUnavailable(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
         with safe_open(path, "pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+            return meta, {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    return {}, torch.load(path, map_location="cpu", weights_only=True, mmap=True)
 
 
-def build(
+def materialize(
     model_cls: type[nn.Module],
     config: object,
     state: dict[str, torch.Tensor],
@@ -125,15 +102,19 @@ def save_bundled(model: RAR | VQGAN, path: Path, **metadata: object) -> None:
     save_file(tensors, path, metadata=meta)
 
 
-def read_bundled(path: Path) -> tuple[dict[str, object], dict[str, torch.Tensor]]:
-    if not path.is_file():
+def _read(
+    source: HubFile | Path, weights: Path | str | None
+) -> tuple[dict[str, object], dict[str, torch.Tensor]]:
+    if weights is not None:
+        return read_weights(weights)
+    if isinstance(source, HubFile):
+        return read_weights(fetch(source))
+    if not source.is_file():
         raise WeightsUnavailable(
-            f"bundled weights missing: {path}. They ship with the repository; restore them "
+            f"bundled weights missing: {source}. They ship with the repository; restore them "
             "with `git checkout -- assets/bundled`, or retrain (see assets/bundled/MODEL_CARD.md)."
         )
-    with safe_open(path, "pt") as f:
-        meta = {k: json.loads(v) for k, v in f.metadata().items()}
-        return meta, {k: f.get_tensor(k).float() for k in f.keys()}  # noqa: SIM118
+    return read_weights(source)
 
 
 def load_generator(
@@ -142,18 +123,18 @@ def load_generator(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> tuple[RAR, tuple[str, ...]]:
-    """A generator and its class names, by model name ("bundled", "rar_b", ...)."""
-    if name == "bundled":
-        meta, state = read_bundled(Path(weights or BUNDLED_DIR / "generator.safetensors"))
-        config = RARConfig.from_dict(meta["config"])
+    """Model `name`'s generator and its class names. `weights`: a local file instead; one
+    saved by `save_bundled` brings its own config and classes."""
+    entry = spec(name)
+    meta, state = _read(entry.generator_weights, weights)
+    config = RARConfig.from_dict(meta["config"]) if "config" in meta else entry.generator
+    if "class_names" in meta:
         classes = tuple(meta["class_names"])
-    elif name in GENERATORS:
-        state = read_state_dict(weights or fetch(GENERATORS[name]))
-        config = RAR_PRESETS[name]
-        classes = tuple(json.loads(IMAGENET_CLASSES.read_text()))
+    elif entry.classes is not None:
+        classes = imagenet_classes(entry.classes)
     else:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
-    return build(RAR, config, state, device, dtype), classes
+        raise WeightsUnavailable(f"{weights or entry.generator_weights} names no classes")
+    return materialize(RAR, config, state, device, dtype), classes
 
 
 def load_tokenizer(
@@ -162,13 +143,23 @@ def load_tokenizer(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> VQGAN:
-    """The tokenizer that goes with generator `name`."""
-    if name == "bundled":
-        meta, state = read_bundled(Path(weights or BUNDLED_DIR / "tokenizer.safetensors"))
-        config = VQGANConfig.from_dict(meta["config"])
-    elif name in GENERATORS:
-        state = read_state_dict(weights or fetch(TOKENIZER))
-        config = VQGAN_PRESETS[TOKENIZER.preset]
-    else:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
-    return build(VQGAN, config, state, device, dtype)
+    """Model `name`'s tokenizer (`weights`: a local file instead)."""
+    entry = spec(name)
+    meta, state = _read(entry.tokenizer_weights, weights)
+    config = VQGANConfig.from_dict(meta["config"]) if "config" in meta else entry.tokenizer
+    return materialize(VQGAN, config, state, device, dtype)
+
+
+def random_models(name: str, seed: int = 0) -> tuple[RAR, VQGAN]:
+    """Generator and tokenizer of model `name` at their real sizes, with seeded random weights
+    (seeded, so that an ONNX export of them is found in the cache next time). Speed does not
+    depend on the weights' values, so benchmarks and exports need no download."""
+    entry = spec(name)
+    torch.manual_seed(seed)
+    model = RAR(entry.generator).eval()
+    # The official init zeroes the adaLN weights; trained ones are not, and identical zero
+    # matrices would be merged into one by the ONNX exporter.
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+    return model, VQGAN(entry.tokenizer).eval()

@@ -71,9 +71,46 @@ class KVCache:
         k = torch.zeros(shape, device=device, dtype=dtype)
         return cls(k=k, v=torch.zeros_like(k))
 
-    @property
-    def batch_size(self) -> int:
-        return self.k.shape[1]
+
+CLS_ID = -1  # SlotInputs.ids: the cls token (a parameter, not an embedding row)
+NO_TARGET = -1  # SlotInputs.target_rows: no target-aware embedding (cls, the last token)
+
+
+@dataclass
+class SlotInputs:
+    """What enters the transformer at N new slots, as rows of its tables; each (B, N).
+
+    The one definition of the sequence layout at decoding time: the model and every executor
+    (the ONNX step included) build their inputs with `prefill_inputs` and `decode_inputs`.
+    """
+
+    ids: Tensor  # rows of `embeddings` (image tokens, class ids), or CLS_ID
+    pos_rows: Tensor  # rows of `pos_embed`
+    target_rows: Tensor  # rows of `target_aware_pos_embed`, or NO_TARGET
+
+
+def condition_ids(config: RARConfig, labels: Tensor) -> Tensor:
+    """(B,) class labels in [0, C], C meaning unconditional -> their rows of `embeddings`."""
+    return labels + config.codebook_size + 1
+
+
+def prefill_inputs(config: RARConfig, labels: Tensor, first_positions: Tensor) -> SlotInputs:
+    """Slots 0 (cls) and 1 (the condition, told which raster position step 0 fills)."""
+    cls = torch.full_like(labels, CLS_ID)
+    return SlotInputs(
+        ids=torch.stack([cls, condition_ids(config, labels)], dim=1),
+        pos_rows=torch.stack([torch.zeros_like(labels), torch.ones_like(labels)], dim=1),
+        target_rows=torch.stack([torch.full_like(labels, NO_TARGET), PREFIX + first_positions], 1),
+    )
+
+
+def decode_inputs(tokens: Tensor, positions: Tensor, next_positions: Tensor) -> SlotInputs:
+    """One slot: the (B,) tokens just generated at raster `positions`, told what comes next."""
+    return SlotInputs(
+        ids=tokens[:, None],
+        pos_rows=(PREFIX + positions)[:, None],
+        target_rows=(PREFIX + next_positions)[:, None],
+    )
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -224,7 +261,18 @@ class RAR(nn.Module):
 
     def condition(self, labels: Tensor) -> Tensor:
         """(B,) class labels in [0, C], C meaning unconditional -> (B, D) embeddings."""
-        return self.embeddings(labels + self.config.codebook_size + 1)
+        return self.embeddings(condition_ids(self.config, labels))
+
+    def embed(self, inputs: SlotInputs) -> Tensor:
+        """`SlotInputs` -> (B, N, D): token (or cls) + position + target position. Where the
+        cls token or no target is asked for, the masked rows add exactly what the official
+        model adds (the cls parameter; nothing)."""
+        ids, targets = inputs.ids, inputs.target_rows
+        x = self.embeddings(ids.clamp_min(0))
+        x = torch.where((ids == CLS_ID)[..., None], self.cls_token[0, 0], x)
+        x = x + self.pos_embed[0, inputs.pos_rows]
+        target = self.target_aware_pos_embed[0, targets.clamp_min(0)]
+        return x + torch.where((targets == NO_TARGET)[..., None], 0.0, target)
 
     def modulation(self, c: Tensor) -> list[Tensor]:
         """(..., D) conditioning -> the adaLN outputs of every block (..., 6D), then the head's."""
@@ -323,11 +371,7 @@ class RAR(nn.Module):
 
     def prefill(self, cache: KVCache, labels: Tensor, first_positions: Tensor) -> Tensor:
         """Writes slots 0 (cls) and 1 (condition); returns the (B, V) logits of step 0."""
-        B = labels.shape[0]
-        pos, target = self.pos_embed[0], self.target_aware_pos_embed[0]
-        cls = self.cls_token[0].expand(B, -1) + pos[0]
-        cond_in = self.condition(labels) + pos[1] + target[PREFIX + first_positions]
-        x = torch.stack([cls, cond_in], dim=1)  # (B, 2, D)
+        x = self.embed(prefill_inputs(self.config, labels, first_positions))  # (B, 2, D)
         return self._decode(cache, x, labels, first_slot=0)
 
     def decode_step(
@@ -346,6 +390,5 @@ class RAR(nn.Module):
         on the model's device, every shape and index stays the same from step to step, so one
         captured CUDA graph replays any step (see backends.graphs).
         """
-        pos, target = self.pos_embed[0], self.target_aware_pos_embed[0]
-        x = self.embeddings(tokens) + pos[PREFIX + positions] + target[PREFIX + next_positions]
-        return self._decode(cache, x[:, None], labels, first_slot=step + 1)
+        x = self.embed(decode_inputs(tokens, positions, next_positions))  # (B, 1, D)
+        return self._decode(cache, x, labels, first_slot=step + 1)

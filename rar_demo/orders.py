@@ -98,6 +98,14 @@ def make_order(name: str, height: int, width: int, seed: int | None = None) -> t
     return ORDERS[name](height, width, generator)
 
 
+def sample_orders(batch: int, length: int, ratio: float, gen: torch.Generator) -> torch.Tensor:
+    """(B, L) orders: each row a random permutation with probability `ratio`, else raster."""
+    orders = torch.arange(length).repeat(batch, 1)
+    for row in torch.nonzero(torch.rand(batch, generator=gen) < ratio).flatten():
+        orders[row] = torch.randperm(length, generator=gen)
+    return orders
+
+
 def validate_order(
     order: Sequence[int] | np.ndarray | torch.Tensor, num_positions: int
 ) -> torch.Tensor:
@@ -121,6 +129,18 @@ def validate_order(
         missing = (counts == 0).nonzero()[0].item()
         raise ValueError(f"order repeats position {duplicate} and never visits {missing}")
     return order
+
+
+def validate_orders(orders: torch.Tensor, num_positions: int) -> torch.Tensor:
+    """`validate_order` for every row of a (B, L) batch of orders, which stays where it is."""
+    if orders.ndim != 2:
+        raise ValueError(f"orders must be (batch, positions), got shape {tuple(orders.shape)}")
+    for i, row in enumerate(orders.cpu()):
+        try:
+            validate_order(row, num_positions)
+        except ValueError as err:
+            raise ValueError(f"row {i} of the orders: {err}") from None
+    return orders
 
 
 def step_index_map(

@@ -11,21 +11,21 @@ from torch import Tensor
 
 from .backends import BACKENDS, Executor, TorchExecutor
 from .backends.graphs import GraphExecutor
-from .config import SAMPLING_PRESETS, SamplingConfig
+from .config import SamplingConfig
 from .hub import load_generator, load_tokenizer
 from .model import RAR
 from .orders import make_order
+from .registry import ModelSpec, spec
 from .sampler import StepEvent, stream
 from .vqgan import VQGAN
 
 
 @dataclass
 class Pipeline:
-    name: str
+    spec: ModelSpec  # the registry's facts about this model
     generator: RAR
     tokenizer: VQGAN
     class_names: tuple[str, ...]
-    sampling: SamplingConfig  # the paper's (or our) defaults for this model
     # What samples and decodes: by default the torch modules above (fast path; on a GPU
     # replayed from CUDA graphs), or their ONNX export run by ONNX Runtime (see load_pipeline).
     executor: Executor | None = None
@@ -34,6 +34,15 @@ class Pipeline:
     def __post_init__(self) -> None:
         self.executor = self.executor or torch_executor(self.generator)
         self.decoder = self.decoder or self.tokenizer.decode
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        """The model's defaults (the paper's, for the official models)."""
+        return self.spec.sampling
 
     @property
     def device(self) -> torch.device:
@@ -77,14 +86,9 @@ class Pipeline:
         return torch.stack([make_order(n, *self.grid, seed=seed) for n in names])
 
     def stream(
-        self,
-        class_id: int,
-        order_names: Sequence[str],
-        seed: int,
-        sampling: SamplingConfig | None = None,
+        self, class_id: int, orders: Tensor, seed: int, sampling: SamplingConfig | None = None
     ) -> Iterator[StepEvent]:
-        """One panel per order, same class and seed, generated in one batch."""
-        orders = self.orders(order_names, seed)
+        """One panel per row of `orders` (see `orders()`), same class and seed, in one batch."""
         labels = torch.full((len(orders),), class_id, dtype=torch.long)
         return stream(self.executor, labels, orders, sampling or self.sampling, seed)
 
@@ -107,13 +111,6 @@ def torch_executor(model: RAR, compile: bool = False) -> TorchExecutor:
     return TorchExecutor(model)
 
 
-def default_dtype(name: str, device: str | torch.device) -> torch.dtype:
-    """bf16 for the official models on a GPU (half the bytes per step; what the speed targets
-    assume), fp32 elsewhere: CPUs gain little from bf16 and the bundled model is tiny."""
-    gpu = torch.device(device).type == "cuda"
-    return torch.bfloat16 if gpu and name != "bundled" else torch.float32
-
-
 def load_pipeline(
     name: str,
     device: str | torch.device = "cpu",
@@ -124,34 +121,34 @@ def load_pipeline(
     tokenizer_weights: Path | str | None = None,
     compile: bool = False,
 ) -> Pipeline:
-    """`weights` / `tokenizer_weights`: local files instead of the Hub or the bundled ones.
-    dtype None: `default_dtype`. compile: see `torch_executor`.
+    """Model `name` ready to stream. `weights` / `tokenizer_weights`: local files instead of
+    the Hub or the bundled ones. dtype None: the registry's for the device. compile: see
+    `torch_executor`.
 
     backend "onnx" runs an fp32 (or, with int8, a quantized) ONNX export of the weights,
     exported on first use and cached; ONNX Runtime picks the device (CUDA where present)."""
+    entry = spec(name)
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if int8 and backend != "onnx":
+        raise ValueError("int8 is offered with the onnx backend only")
+    entry.check_runtime("onnx int8" if int8 else backend)
     if backend == "onnx":
         if dtype not in (None, torch.float32):
             raise ValueError("the onnx backend exports fp32 weights; use int8 to quantize")
         if compile:
             raise ValueError("compile applies to the torch backend")
         device, dtype = "cpu", torch.float32  # where the torch weights wait to be exported
-    elif int8:
-        raise ValueError("int8 is offered with the onnx backend only")
-    dtype = dtype or default_dtype(name, device)
-    if int8 and name == "bundled":
-        # Measured: int8 keeps 92% of the next-token argmaxes but a different token early on
-        # changes the whole sample; the small model is fast in fp32 anyway.
-        raise ValueError("int8 changes the bundled model's pictures; it runs fast in fp32")
+    dtype = dtype or entry.dtype(device)
     generator, classes = load_generator(name, weights, device=device, dtype=dtype)
     # The torch decoder stays fp32 (the onnx int8 export quantizes it with calibrated ranges).
     tokenizer = load_tokenizer(name, tokenizer_weights, device=device)
     if backend == "onnx":
-        from .backends.onnx import ensure_export, open_export
+        from .backends.onnx import open_export
+        from .backends.onnx_export import ensure_export
 
         directory = ensure_export(name, generator, tokenizer, int8=int8)
         executor, decoder = open_export(directory, int8)
     else:
         executor, decoder = torch_executor(generator, compile), None
-    return Pipeline(name, generator, tokenizer, classes, SAMPLING_PRESETS[name], executor, decoder)
+    return Pipeline(entry, generator, tokenizer, classes, executor, decoder)

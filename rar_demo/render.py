@@ -1,4 +1,4 @@
-"""From tokens to pictures: partial-canvas frames, side-by-side sheets, animations, plots.
+"""From tokens to pictures: partial-canvas frames, preview patches, side-by-side sheets, animations.
 
 Nothing here knows about logits or the UI: frames are built from a StepEvent's canvas (tokens
 by raster position, -1 where not generated yet) and decoded pixels.
@@ -17,6 +17,12 @@ from torch import Tensor
 from .vqgan import VQGAN
 
 HIGHLIGHT = (255, 64, 160)  # the newest token's outline
+DISPLAY_SIZE = 256  # sheets and animations of small models are upscaled (nearest) to this
+
+
+def display_scale(resolution: int) -> int:
+    """The whole-pixel upscaling that brings a `resolution` image to about DISPLAY_SIZE."""
+    return max(1, DISPLAY_SIZE // resolution)
 
 
 def to_uint8(images: Tensor) -> np.ndarray:

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .backends import Executor
 from .config import SamplingConfig
+from .orders import validate_orders
 
 
 @dataclass(frozen=True)
@@ -72,27 +73,20 @@ def _pick(probs: Tensor, uniforms: Tensor | None) -> Tensor:
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_max(probs.shape[-1] - 1)
 
 
-def _validate(model: Executor, labels: Tensor, orders: Tensor) -> None:
-    cfg = model.config
-    B, L = orders.shape
-    if L != cfg.image_seq_len:
-        raise ValueError(f"orders have {L} positions, the model generates {cfg.image_seq_len}")
+def _validate(executor: Executor, labels: Tensor, orders: Tensor) -> None:
+    net = executor.config
     # A repeated or out-of-range position would silently leave cells unfilled (-1) or index
     # past the canvas; every row must visit each raster position exactly once.
-    if orders.dtype.is_floating_point or orders.dtype.is_complex or orders.dtype == torch.bool:
-        raise ValueError(f"orders must hold integer positions, got dtype {orders.dtype}")
-    if not torch.equal(
-        orders.sort(dim=1).values, torch.arange(L, device=orders.device).expand_as(orders)
-    ):
-        raise ValueError(f"every row of orders must be a permutation of range({L})")
+    validate_orders(orders, net.image_seq_len)
+    B = orders.shape[0]
     if labels.shape != (B,):
         raise ValueError(f"labels must have shape ({B},), got {tuple(labels.shape)}")
-    if labels.min() < 0 or labels.max() >= cfg.condition_num_classes:
-        raise ValueError(f"class ids must be in [0, {cfg.condition_num_classes})")
+    if labels.min() < 0 or labels.max() >= net.condition_num_classes:
+        raise ValueError(f"class ids must be in [0, {net.condition_num_classes})")
 
 
 def stream(
-    model: Executor,
+    executor: Executor,
     labels: Tensor,
     orders: Tensor,
     config: SamplingConfig,
@@ -105,36 +99,36 @@ def stream(
     abandoning or closing the iterator: the KV cache is local to the generation and goes
     with it.
     """
-    _validate(model, labels, orders)
-    return _events(model, labels, orders, config, seed)
+    _validate(executor, labels, orders)
+    return _events(executor, labels, orders, config, seed)
 
 
 def generate(
-    model: Executor, labels: Tensor, orders: Tensor, config: SamplingConfig, seed: int = 0
+    executor: Executor, labels: Tensor, orders: Tensor, config: SamplingConfig, seed: int = 0
 ) -> Tensor:
     """Generates without streaming; returns the (B, L) tokens by raster position, on the CPU.
 
     The same tokens as `stream`, but nothing leaves the device until the end, so on a GPU the
     host queues steps ahead of the kernels instead of waiting for each one.
     """
-    _validate(model, labels, orders)
-    orders = orders.to(model.device)
+    _validate(executor, labels, orders)
+    orders = orders.to(executor.device)
     B, L = orders.shape
-    canvas = torch.empty((B, L), dtype=torch.long, device=model.device)
-    rows = torch.arange(B, device=model.device)
-    for step, tokens, _ in _sample(model, labels, orders, config, seed):
+    canvas = torch.empty((B, L), dtype=torch.long, device=executor.device)
+    rows = torch.arange(B, device=executor.device)
+    for step, tokens, _ in _sample(executor, labels, orders, config, seed):
         canvas[rows, orders[:, step]] = tokens
     return canvas.cpu()
 
 
 def _events(
-    model: Executor, labels: Tensor, orders: Tensor, config: SamplingConfig, seed: int
+    executor: Executor, labels: Tensor, orders: Tensor, config: SamplingConfig, seed: int
 ) -> Iterator[StepEvent]:
     orders = orders.cpu()
     B, L = orders.shape
     canvas = torch.full((B, L), -1, dtype=torch.long)
     rows = torch.arange(B)
-    for step, tokens, probs in _sample(model, labels, orders, config, seed):
+    for step, tokens, probs in _sample(executor, labels, orders, config, seed):
         chosen = probs.gather(1, tokens[:, None]).squeeze(1)
         entropy = torch.special.entr(probs).sum(-1)
         # One device-to-host copy per step: each copy waits for the GPU.
@@ -155,20 +149,20 @@ def _events(
 
 @torch.no_grad()  # not inference_mode: what it yields is used outside it
 def _sample(
-    model: Executor, labels: Tensor, orders: Tensor, config: SamplingConfig, seed: int
+    executor: Executor, labels: Tensor, orders: Tensor, config: SamplingConfig, seed: int
 ) -> Iterator[tuple[int, Tensor, Tensor]]:
     """Yields (step, tokens (B,), probs (B, V)) on the model's device, never waiting on it."""
-    cfg, device = model.config, model.device
+    net, device = executor.config, executor.device
     B, L = orders.shape
     labels, orders = labels.to(device), orders.to(device)
     guided = config.guidance_scale != 0
     if guided:  # rows [0, B) conditional, [B, 2B) unconditional
-        labels = torch.cat([labels, torch.full_like(labels, cfg.null_class)])
+        labels = torch.cat([labels, torch.full_like(labels, net.null_class)])
         orders = orders.repeat(2, 1)
     uniforms = None if config.greedy else draw_uniforms(seed, B, L).to(device)
-    cache = model.new_cache(labels.shape[0])
+    cache = executor.new_cache(labels.shape[0])
 
-    logits = model.prefill(cache, labels, orders[:, 0])
+    logits = executor.prefill(cache, labels, orders[:, 0])
     for step in range(L):
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32
         if guided:
@@ -180,6 +174,6 @@ def _sample(
         yield step, tokens, probs
         if step + 1 < L:
             fed = tokens.repeat(2) if guided else tokens
-            logits = model.decode_step(
+            logits = executor.decode_step(
                 cache, step + 1, fed, orders[:, step], orders[:, step + 1], labels
             )

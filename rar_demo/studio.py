@@ -27,10 +27,17 @@ from torch import Tensor
 
 from . import plots
 from .config import SamplingConfig
-from .hub import MODEL_NAMES
-from .orders import ORDER_NAMES
 from .pipeline import Pipeline, load_pipeline
-from .render import code_patches, mark_progress, patch_in, save_animation, sheet, to_uint8
+from .registry import MODEL_NAMES, RUNTIMES, spec
+from .render import (
+    code_patches,
+    display_scale,
+    mark_progress,
+    patch_in,
+    save_animation,
+    sheet,
+    to_uint8,
+)
 
 MAX_ORDERS = 4
 MAX_FPS = 25.0
@@ -38,7 +45,6 @@ DECODE_SHARE = 0.25  # full decodes may take at most this share of a run's wall 
 ANIMATION_FRAMES = 64  # recorded frames per run, spread evenly over the steps
 ANIMATION_DIR = Path(tempfile.gettempdir()) / "rar-studio"
 ANIMATION_TTL_S = 3600.0
-DISPLAY_SIZE = 256  # panels of small models are upscaled (nearest) to this in the animation
 
 # Input ranges, shared by the UI's controls and the checks below.
 SEED_RANGE = (0, 2**32 - 1)
@@ -48,9 +54,6 @@ TEMPERATURE_RANGE = (0.05, 3.0)
 TOP_K_RANGE = (0, 1024)  # 0 = no top-k filtering
 SPEED_RANGE = (4, 512)  # steps per second; the top is faster than any model runs here
 DEFAULT_SPEED = 64
-# What runs the model: PyTorch, or its ONNX export on ONNX Runtime (fp32, or int8 for the
-# official models), exported on first use and cached on disk (see rar_demo.backends.onnx).
-RUNTIMES = {"torch": ("torch", False), "onnx": ("onnx", False), "onnx int8": ("onnx", True)}
 
 
 def default_model(env: Mapping[str, str]) -> str:
@@ -62,28 +65,16 @@ def default_model(env: Mapping[str, str]) -> str:
 
 
 def runtimes(env: Mapping[str, str]) -> list[str]:
-    """The runtimes to offer. On ZeroGPU (SPACES_ZERO_GPU) torch only: the GPU is attached
-    inside each call, in a forked worker, which an ONNX Runtime session made beforehand cannot
-    follow (its CUDA context, its thread pool)."""
+    """The runtimes (keys of registry.RUNTIMES) to offer. On ZeroGPU (SPACES_ZERO_GPU) torch
+    only: the GPU is attached inside each call, in a forked worker, which an ONNX Runtime
+    session made beforehand cannot follow (its CUDA context, its thread pool)."""
     zero_gpu = env.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
     return ["torch"] if zero_gpu else list(RUNTIMES)
 
 
 def examples(model: str) -> list[list]:
     """One-click presets [model, class, orders, seed] that the given model can run."""
-    if model == "bundled":
-        return [
-            # Raster is clear for every class; the others only for a few (MODEL_CARD.md).
-            ["bundled", "Animals & Nature", ["raster", "random"], 2],
-            ["bundled", "Food & Drink", ["raster", "checkerboard"], 0],
-            ["bundled", "Smileys & Emotion", ["raster", "random"], 0],
-            ["bundled", "Flags", ["raster", "spiral", "center-out", "random"], 2],
-        ]
-    return [
-        [model, "golden retriever", ["raster", "random"], 0],
-        [model, "volcano", ["raster", "random"], 1],
-        [model, "macaw", ["spiral", "center-out", "checkerboard", "random"], 2],
-    ]
+    return [[model, e.class_name, list(e.orders), e.seed] for e in spec(model).examples]
 
 
 class ModelCache:
@@ -108,10 +99,7 @@ class ModelCache:
         return (name, runtime) in self._pipelines
 
     def get(self, name: str, runtime: str = "torch") -> Pipeline:
-        if name not in MODEL_NAMES:
-            raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
-        if runtime not in RUNTIMES:
-            raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+        spec(name).check_runtime(runtime)
         key = name, runtime
         with self._lock(*key):
             if key not in self._pipelines:
@@ -157,6 +145,7 @@ class Request:
     class_id: int
     class_name: str
     orders: tuple[str, ...]
+    permutations: Tensor  # (B, L) the orders, built once (random ones drawn from the seed)
     seed: int
     sampling: SamplingConfig
     speed: float  # at most this many steps per second
@@ -193,13 +182,8 @@ def parse(
     (or hub.WeightsUnavailable) with a message meant for the user. Sampler settings left
     as None take the model's own defaults; top_k 0 turns top-k filtering off."""
     orders = tuple(orders or ())
-    if not orders:
-        raise ValueError("choose at least one generation order")
     if len(orders) > MAX_ORDERS:
         raise ValueError(f"choose at most {MAX_ORDERS} orders, got {len(orders)}")
-    for name in orders:
-        if name not in ORDER_NAMES:
-            raise ValueError(f"unknown order {name!r}; choose from {', '.join(ORDER_NAMES)}")
     if len(set(orders)) < len(orders):
         raise ValueError("each order can be chosen only once")
     seed = _number("seed", seed, SEED_RANGE)
@@ -208,6 +192,7 @@ def parse(
     speed = _number("speed", speed, SPEED_RANGE)
 
     pipe = cache.get(model, runtime)
+    permutations = pipe.orders(orders, int(seed))  # checks the names
     class_id = pipe.class_id(class_name if class_name is not None else "")
     default = pipe.sampling
     sampling = default.with_(
@@ -227,6 +212,7 @@ def parse(
         class_id,
         pipe.class_names[class_id],
         orders,
+        permutations,
         int(seed),
         sampling,
         float(speed),
@@ -353,14 +339,14 @@ def run(cache: ModelCache, request: Request) -> Iterator[Update]:
         status=f"**Starting** · {about}",
         panels=dict(zip(names, render.blank(len(names)), strict=True)),
         animation=None,
-        order_plot=plots.order_heatmaps(names, pipe.orders(names, request.seed), grid),
+        order_plot=plots.order_heatmaps(names, request.permutations, grid),
         stats_plot=None,
     )
 
     start = time.monotonic()
     pacer = Pacer(request.speed)
     probs, entropy, recorded = [], [], []  # per step; (step, frames) for the animation
-    stream = pipe.stream(request.class_id, names, request.seed, request.sampling)
+    stream = pipe.stream(request.class_id, request.permutations, request.seed, request.sampling)
     try:
         for event in stream:
             probs.append(event.probs)
@@ -386,7 +372,7 @@ def run(cache: ModelCache, request: Request) -> Iterator[Update]:
         panels=dict(zip(names, finals, strict=True)),
     )
 
-    scale = max(1, DISPLAY_SIZE // finals.shape[1])
+    scale = display_scale(finals.shape[1])
     sheets = [sheet(f, names, scale, f"step {s} / {event.num_steps}") for s, f in recorded]
     sheets.append(sheet(finals, names, scale, f"{request.short_name}, seed {request.seed}"))
     yield Update(

@@ -5,8 +5,9 @@
     python -m rar_demo.train generator --tokenizer runs/tokenizer --out runs/generator --steps 3000
     python -m rar_demo.train export --tokenizer runs/decoder --generator runs/generator
 
-Both run on CUDA when present, else CPU; both checkpoint to OUT/ckpt.pt every --save-every
-steps and resume from it; progress goes to stdout and OUT/log.jsonl as JSON lines.
+Every training stage runs on CUDA when present, else CPU, checkpoints to OUT/ckpt.pt every
+--save-every steps and resumes from it; progress goes to stdout and OUT/log.jsonl as JSON lines
+(held-out metrics from rar_demo.metrics). `export` writes the fp16 files of assets/bundled.
 
 The generator follows the RAR recipe (paper, Sec. 3 and 4.1): each sample is permuted to a
 random order with probability r, r = 1 for the first half of training and then annealed
@@ -31,9 +32,11 @@ from torch import Tensor
 
 from . import hub
 from .config import RAR_PRESETS, VQGAN_PRESETS, RARConfig, VQGANConfig
-from .data import CACHE_PATH, EmojiDataset, load_or_build
+from .data import CACHE_PATH, load_or_build
+from .metrics import heldout_nll, psnr
 from .model import RAR
-from .vqgan import VQGAN
+from .orders import sample_orders
+from .vqgan import VQGAN, to_tensor, tokenize
 
 LABEL_DROP = 0.1
 COMMITMENT = 0.25
@@ -52,41 +55,10 @@ def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def sample_orders(batch: int, length: int, ratio: float, gen: torch.Generator) -> Tensor:
-    """(B, L) orders: each row a random permutation with probability `ratio`, else raster."""
-    orders = torch.arange(length).repeat(batch, 1)
-    for row in torch.nonzero(torch.rand(batch, generator=gen) < ratio).flatten():
-        orders[row] = torch.randperm(length, generator=gen)
-    return orders
-
-
 def rar_loss(model: RAR, tokens: Tensor, labels: Tensor, orders: Tensor) -> Tensor:
     logits = model(tokens, labels, orders)[:, :-1]  # (B, L, V); the last row has no target
     targets = tokens.gather(1, orders)
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
-
-
-@torch.inference_mode()
-def nll_per_token(model: RAR, tokens: Tensor, labels: Tensor, random: bool, seed: int = 0) -> float:
-    """Teacher-forced negative log-likelihood per token (nats), in raster or random orders."""
-    L = tokens.shape[1]
-    gen = torch.Generator().manual_seed(seed)
-    total = 0.0
-    for x, y in zip(tokens.split(128), labels.split(128), strict=True):
-        orders = sample_orders(len(x), L, float(random), gen)
-        x, y, orders = (t.to(model.device) for t in (x, y, orders))
-        logits = model(x, y, orders)[:, :-1]
-        loss = F.cross_entropy(logits.flatten(0, 1), x.gather(1, orders).flatten(), reduction="sum")
-        total += loss.item()
-    return total / tokens.numel()
-
-
-def heldout_nll(model: RAR, tokens: Tensor, labels: Tensor) -> dict[str, float]:
-    """`nll_per_token` in raster and in random orders, as log and metrics fields."""
-    return {
-        f"heldout_nll_{name}": round(nll_per_token(model, tokens, labels, random), 4)
-        for name, random in (("raster", False), ("random", True))
-    }
 
 
 def vq_forward(model: VQGAN, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -106,16 +78,6 @@ def random_crop(images: Tensor, size: int, gen: torch.Generator) -> Tensor:
     top, left = (torch.randint(0, n - size + 1, (1,), generator=gen).item() for n in (H, W))
     crop = images[..., top : top + size, left : left + size]
     return crop.flip(-1) if torch.rand(1, generator=gen).item() < 0.5 else crop
-
-
-def psnr(a: Tensor, b: Tensor) -> Tensor:
-    """Per-image PSNR in dB for pixels in [0, 1]."""
-    mse = (a - b).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-    return -10 * torch.log10(mse)
-
-
-def to_tensor(images: np.ndarray) -> Tensor:
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0  # (N, 3, H, W)
 
 
 def batches(n: int, batch: int, gen: torch.Generator) -> Iterator[Tensor]:
@@ -180,7 +142,7 @@ def load_checkpoint(folder: Path) -> tuple[dict, dict]:
     return state["config"], state["model"]
 
 
-def load_tokenizer(path: Path, device: str = "cpu") -> VQGAN:
+def tokenizer_from_run(path: Path, device: str = "cpu") -> VQGAN:
     """A tokenizer from a training run's folder, or from exported bundled weights (a file),
     so a later session can go on from what ships in assets/."""
     path = Path(path)
@@ -242,12 +204,14 @@ def train_decoder(args: argparse.Namespace) -> None:
     frozen, so the tokens stay the same and a generator can train on them meanwhile."""
     device = args.device
     data = load_or_build(args.data)
-    model = load_tokenizer(args.tokenizer, device).train()
+    model = tokenizer_from_run(args.tokenizer, device).train()
     model.encoder.requires_grad_(False)
     model.quantize.requires_grad_(False)
     train = data.train()
     images = to_tensor(train.images).to(device)
-    codes = torch.stack([tokenize(model, train), tokenize(model, train, flip=True)]).to(device)
+    codes = torch.stack(
+        [tokenize(model, train.images), tokenize(model, train.images, flip=True)]
+    ).to(device)
     test_images = to_tensor(data.heldout_split().images[:256]).to(device)
     opt = torch.optim.AdamW(model.decoder.parameters(), lr=args.lr, betas=(0.9, 0.99))
     run = Run(args.out, args)
@@ -289,15 +253,6 @@ def restart_dead_codes(model: VQGAN, images: Tensor, usage: Tensor, gen: torch.G
     model.quantize.embedding.weight[dead] = z[pick]
     usage[dead] = 1.0
     return len(dead)
-
-
-@torch.no_grad()
-def tokenize(tokenizer: VQGAN, data: EmojiDataset, flip: bool = False) -> Tensor:
-    images = to_tensor(data.images)
-    if flip:
-        images = images.flip(-1)
-    device = next(tokenizer.parameters()).device
-    return torch.cat([tokenizer.encode(b.to(device)).cpu() for b in images.split(256)])
 
 
 def generator_config(
@@ -345,12 +300,17 @@ def grow(model: RAR, source: RAR) -> None:
 def train_generator(args: argparse.Namespace) -> None:
     device = args.device
     data = load_or_build(args.data)
-    tokenizer = load_tokenizer(args.tokenizer, device)
+    tokenizer = tokenizer_from_run(args.tokenizer, device)
     train, heldout = data.train(), data.heldout_split()
     # Mirrored emoji are still emoji of their group: twice the data for free.
-    tokens = torch.cat([tokenize(tokenizer, train), tokenize(tokenizer, train, flip=True)])
+    tokens = torch.cat(
+        [tokenize(tokenizer, train.images), tokenize(tokenizer, train.images, flip=True)]
+    )
     labels = torch.from_numpy(train.labels).repeat(2)
-    heldout_tokens, heldout_labels = tokenize(tokenizer, heldout), torch.from_numpy(heldout.labels)
+    heldout_tokens, heldout_labels = (
+        tokenize(tokenizer, heldout.images),
+        torch.from_numpy(heldout.labels),
+    )
     config = generator_config(
         args.preset, len(data.class_names), tokenizer.config.codebook_size, args.layers, args.width
     )
@@ -399,7 +359,7 @@ def train_generator(args: argparse.Namespace) -> None:
 
 def export(args: argparse.Namespace) -> None:
     """Writes the bundled weights (fp16 safetensors, config and classes in the metadata)."""
-    tokenizer = load_tokenizer(args.tokenizer)
+    tokenizer = tokenizer_from_run(args.tokenizer)
     config, weights = load_checkpoint(args.generator)
     generator = RAR(RARConfig.from_dict(config))
     generator.load_state_dict(weights)

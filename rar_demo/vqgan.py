@@ -6,6 +6,7 @@ Pixels are in [0, 1] both ways; codes are (B, N) in raster order over an h x w g
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -165,3 +166,18 @@ class VQGAN(nn.Module):
     def decode(self, codes: Tensor) -> Tensor:
         """(B, N) codes -> (B, 3, H, W) pixels in [0, 1]."""
         return self.decoder(self.quantize.lookup(codes, self.grid)).clamp(0.0, 1.0)
+
+
+def to_tensor(images: np.ndarray) -> Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) floats in [0, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+
+
+@torch.no_grad()
+def tokenize(tokenizer: VQGAN, images: np.ndarray, flip: bool = False) -> Tensor:
+    """(N, H, W, 3) uint8 images (mirrored with flip) -> (N, L) codes, on the CPU."""
+    pixels = to_tensor(images)
+    if flip:
+        pixels = pixels.flip(-1)
+    device = tokenizer.quantize.embedding.weight.device
+    return torch.cat([tokenizer.encode(b.to(device)).cpu() for b in pixels.split(256)])

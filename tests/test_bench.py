@@ -1,16 +1,15 @@
-"""The benchmark harness (`python -m rar_demo.bench`), run here on CPU with the bundled model.
-The ONNX case is in test_onnx.py."""
+"""The benchmark harness (`python -m rar_demo.bench`), run here on CPU with the bundled model."""
 
 from __future__ import annotations
 
 from rar_demo.bench import CASES, PATHS, Case, measure, profile
-from rar_demo.config import RAR_PRESETS
 from rar_demo.pipeline import DTYPES
+from rar_demo.registry import MODEL_NAMES
 
 
 def test_bench_cases_are_well_formed() -> None:
     for case in [c for cases in CASES.values() for c in cases]:
-        assert case.path in PATHS and case.model in RAR_PRESETS, case
+        assert case.path in PATHS and case.model in MODEL_NAMES, case
         assert case.dtype in DTYPES or (case.dtype == "int8" and case.path == "fast"), case
 
 
@@ -33,3 +32,13 @@ def test_profile_lists_the_costliest_operators_per_step() -> None:
     # Every block runs a matmul or two per step: the profile counts steps, not whole runs.
     matmuls = [r for op, r in ops.items() if op in ("aten::addmm", "aten::mm", "aten::bmm")]
     assert matmuls and max(r["calls_per_step"] for r in matmuls) >= 6
+
+
+def test_bench_measures_onnx(tmp_path, monkeypatch) -> None:
+    """One bench measurement end to end, with the keys the README table is built from."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    row = measure(Case("bundled", "onnx", "int8", "fast", orders=2), "cpu")
+    assert row["backend"] == "onnx" and row["dtype"] == "int8" and row["batch"] == 2
+    assert row["seconds_per_image"] >= row["decode_seconds"] > 0
+    assert row["tokens_per_s"] > 0 and row["peak_mem_mb"] > 0
+    assert row["device"] == "cpu" and row["path"] == "fast" and row["orders"] == 2

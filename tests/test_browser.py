@@ -6,18 +6,14 @@ only reach the app itself: every other request is aborted, so nothing touches th
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-
+from conftest import STEP, serve  # the same in-process server as the API tests
 from playwright.sync_api import Page, Route, expect, sync_playwright
-from test_app import STEP, count_steps, serve  # the same in-process server as the API tests
 
 from rar_demo.orders import ORDER_NAMES
 
@@ -92,8 +88,8 @@ def test_generation_animates_the_panels_then_shows_results(page: Page) -> None:
         expect(page.locator(f"{plot} img")).to_be_visible(timeout=30_000)
 
 
-def test_stop_ends_a_run_at_once(page: Page, monkeypatch: pytest.MonkeyPatch) -> None:
-    steps = count_steps(monkeypatch)
+def test_stop_ends_a_run_at_once(page: Page, count_steps: list[int]) -> None:
+    steps = count_steps
     _choose(page, "Flags", ["random"], speed=8)  # 32 s if left alone
     page.get_by_role("button", name="Generate").click()
     status = page.locator("#status")

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from rar_demo.__main__ import main
-from rar_demo.hub import BUNDLED_DIR
 from rar_demo.pipeline import load_pipeline
+from rar_demo.registry import BUNDLED_DIR
 from rar_demo.sampler import generate
 
 

@@ -7,11 +7,10 @@ import json
 import math
 
 import pytest
-from tiny import TINY_RAR, TINY_VQGAN
+from conftest import TINY_RAR, TINY_VQGAN
 
 from rar_demo.config import (
     RAR_PRESETS,
-    SAMPLING_PRESETS,
     VQGAN_PRESETS,
     RARConfig,
     SamplingConfig,
@@ -216,27 +215,6 @@ def test_from_dict_fills_defaults_and_validates() -> None:
 
 
 # --- presets --------------------------------------------------------------------------------
-
-PAPER_SAMPLING = {
-    "rar_b": (1.0, 16.0, 2.75),
-    "rar_l": (1.02, 15.5, 2.5),
-    "rar_xl": (1.02, 6.9, 1.5),
-    "rar_xxl": (1.02, 8.0, 1.2),
-}
-
-
-def test_every_rar_preset_has_sampling_defaults() -> None:
-    assert set(RAR_PRESETS) <= set(SAMPLING_PRESETS)
-
-
-@pytest.mark.parametrize("name", list(PAPER_SAMPLING))
-def test_sampling_presets_use_the_paper_values(name) -> None:
-    preset = SAMPLING_PRESETS[name]
-    assert (preset.temperature, preset.guidance_scale, preset.guidance_power) == PAPER_SAMPLING[
-        name
-    ]
-    # The paper samples from the full distribution: no truncation, not greedy.
-    assert (preset.top_k, preset.top_p, preset.greedy) == (None, None, False)
 
 
 def test_bundled_presets_share_the_official_token_grid() -> None:

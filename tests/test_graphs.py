@@ -8,14 +8,15 @@ import gc
 
 import pytest
 import torch
-from tiny import TINY_RAR
+from conftest import TINY_RAR
 from torch import nn
 
 from rar_demo.backends import TorchExecutor
 from rar_demo.backends.graphs import GraphExecutor
 from rar_demo.config import SamplingConfig
 from rar_demo.model import RAR
-from rar_demo.pipeline import default_dtype, load_pipeline
+from rar_demo.pipeline import load_pipeline
+from rar_demo.registry import spec
 from rar_demo.sampler import generate, stream
 
 L = TINY_RAR.image_seq_len
@@ -122,8 +123,8 @@ def test_cuda_graph_replay_equals_eager_steps() -> None:
 
 
 def test_pipelines_pick_their_executor_and_dtype() -> None:
-    assert default_dtype("rar_xl", "cuda") == torch.bfloat16
-    assert default_dtype("bundled", "cuda") == default_dtype("rar_xl", "cpu") == torch.float32
+    assert spec("rar_xl").dtype("cuda") == torch.bfloat16
+    assert spec("bundled").dtype("cuda") == spec("rar_xl").dtype("cpu") == torch.float32
     assert type(load_pipeline("bundled").executor) is TorchExecutor  # CPU: no graphs to replay
     pipe = load_pipeline("bundled", compile=True, dtype=torch.bfloat16)
     assert (

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import pickle
 import time
 from dataclasses import replace
@@ -10,53 +9,38 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_RAR, TINY_VQGAN, randomized
 from huggingface_hub import constants
 from huggingface_hub.errors import LocalEntryNotFoundError
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tiny import TINY_RAR, TINY_VQGAN
-from torch import nn
 
 from rar_demo import hub
-from rar_demo.config import SamplingConfig
 from rar_demo.hub import (
-    GENERATORS,
-    IMAGENET_CLASSES,
-    MODEL_NAMES,
-    TOKENIZER,
     WeightsUnavailable,
     fetch,
     load_generator,
     load_tokenizer,
-    read_bundled,
-    read_state_dict,
+    random_models,
+    read_weights,
     save_bundled,
 )
 from rar_demo.model import RAR
-from rar_demo.orders import make_order
-from rar_demo.pipeline import Pipeline
+from rar_demo.registry import MODEL_NAMES, MODELS, HubFile, spec
 from rar_demo.vqgan import VQGAN
 
-RAR_CONFIG = replace(TINY_RAR, condition_num_classes=10)  # one per entry of CLASSES
+RAR_CONFIG = replace(TINY_RAR, condition_num_classes=10)
 VQGAN_CONFIG = TINY_VQGAN
-
-
-def _random(model: nn.Module, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.1)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
 def generator() -> RAR:
-    return _random(RAR(RAR_CONFIG))
+    return randomized(RAR(RAR_CONFIG))
 
 
 @pytest.fixture(scope="module")
 def tokenizer() -> VQGAN:
-    return _random(VQGAN(VQGAN_CONFIG), seed=1)
+    return randomized(VQGAN(VQGAN_CONFIG), seed=1)
 
 
 @pytest.fixture
@@ -70,7 +54,15 @@ def empty_hub_cache(tmp_path, monkeypatch) -> Path:
 
 # --- fetching official checkpoints ----------------------------------------------------------
 
-OFFICIAL = [*GENERATORS.values(), TOKENIZER]
+OFFICIAL = list(
+    dict.fromkeys(
+        file
+        for entry in MODELS.values()
+        for file in (entry.generator_weights, entry.tokenizer_weights)
+        if isinstance(file, HubFile)
+    )
+)
+TOKENIZER = spec("rar_b").tokenizer_weights
 
 
 @pytest.mark.parametrize("checkpoint", OFFICIAL, ids=[c.filename for c in OFFICIAL])
@@ -97,7 +89,7 @@ def test_fetch_without_dns_fails_fast(empty_hub_cache, monkeypatch) -> None:
 
     monkeypatch.setattr(hub, "hf_hub_download", no_download)
     with pytest.raises(WeightsUnavailable, match=r"rar_b\.bin"):
-        fetch(GENERATORS["rar_b"])
+        fetch(spec("rar_b").generator_weights)
 
 
 @pytest.mark.parametrize(("value", "downloads"), [("0", True), ("false", True), ("1", False)])
@@ -126,7 +118,7 @@ def test_fetch_parses_hf_hub_offline_like_the_hub(tmp_path, monkeypatch, value, 
 def test_fetch_returns_a_cached_file(tmp_path, monkeypatch) -> None:
     cached = tmp_path / "rar_l.bin"
     monkeypatch.setattr(hub, "hf_hub_download", lambda *a, **k: str(cached))
-    assert fetch(GENERATORS["rar_l"]) == cached
+    assert fetch(spec("rar_l").generator_weights) == cached
 
 
 def test_official_generator_offline_raises_weights_unavailable(empty_hub_cache) -> None:
@@ -148,25 +140,25 @@ def test_unknown_model_name_raises_value_error(name) -> None:
 # --- reading weights ------------------------------------------------------------------------
 
 
-def test_read_state_dict_missing_path(tmp_path) -> None:
+def test_read_weights_missing_path(tmp_path) -> None:
     for path in (tmp_path / "nope.bin", tmp_path / "nope.safetensors", tmp_path):
         with pytest.raises(WeightsUnavailable, match="not found"):
-            read_state_dict(path)
+            read_weights(path)[1]
     with pytest.raises(WeightsUnavailable):
         load_generator("rar_b", weights=tmp_path / "missing.bin")
 
 
 @pytest.mark.parametrize("suffix", [".bin", ".pt", ".pth"])
-def test_read_state_dict_torch_file(tmp_path, generator, suffix) -> None:
+def test_read_weights_torch_file(tmp_path, generator, suffix) -> None:
     path = tmp_path / f"weights{suffix}"
     state = generator.state_dict()
     torch.save(state, path)
-    loaded = read_state_dict(str(path))
+    loaded = read_weights(str(path))[1]
     assert loaded.keys() == state.keys()
     for key in state:
         assert torch.equal(loaded[key], state[key]), key
     # A torch file read this way builds a working model.
-    model = hub.build(RAR, RAR_CONFIG, loaded)
+    model = hub.materialize(RAR, RAR_CONFIG, loaded)
     tokens, labels, orders = (
         torch.zeros(1, 16, dtype=torch.long),
         torch.tensor([1]),
@@ -180,19 +172,19 @@ class _NotATensor:
     pass
 
 
-def test_read_state_dict_refuses_arbitrary_pickles(tmp_path) -> None:
+def test_read_weights_refuses_arbitrary_pickles(tmp_path) -> None:
     """weights_only=True: a checkpoint cannot run code or smuggle in arbitrary objects."""
     path = tmp_path / "evil.bin"
     torch.save({"w": torch.zeros(2), "payload": _NotATensor()}, path)
     with pytest.raises(pickle.UnpicklingError, match="weights_only"):
-        read_state_dict(path)
+        read_weights(path)[1]
 
 
-def test_read_state_dict_safetensors(tmp_path) -> None:
+def test_read_weights_safetensors(tmp_path) -> None:
     path = tmp_path / "weights.safetensors"
     tensors = {"a": torch.arange(6.0).view(2, 3), "b.c": torch.ones(4, dtype=torch.float16)}
     save_file(tensors, path)
-    loaded = read_state_dict(path)
+    loaded = read_weights(path)[1]
     assert loaded.keys() == tensors.keys()
     assert all(torch.equal(loaded[k], v) and loaded[k].dtype == v.dtype for k, v in tensors.items())
 
@@ -201,19 +193,19 @@ def test_read_state_dict_safetensors(tmp_path) -> None:
 def test_bundled_round_trip(tmp_path, kind, request) -> None:
     model = request.getfixturevalue(kind)
     path = tmp_path / "deep" / "dir" / f"{kind}.safetensors"  # parents are created
-    class_names = list(CLASSES)
+    class_names = [f"class {i}" for i in range(RAR_CONFIG.condition_num_classes)]
     save_bundled(model, path, class_names=class_names, steps=1234)
 
     with safe_open(path, "pt") as f:  # on disk: fp16
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}  # noqa: SIM118
-    meta, state = read_bundled(path)
+    meta, state = read_weights(path)
     assert meta["config"] == model.config.to_dict()
     assert meta["class_names"] == class_names and meta["steps"] == 1234
     original = model.state_dict()
     assert state.keys() == original.keys()
     for key, value in state.items():
-        assert value.dtype == torch.float32, key
-        assert torch.equal(value, original[key].half().float()), key
+        assert value.dtype == torch.float16, key
+        assert torch.equal(value, original[key].half()), key
 
     if kind == "generator":
         loaded, classes = load_generator("bundled", weights=path)
@@ -225,118 +217,17 @@ def test_bundled_round_trip(tmp_path, kind, request) -> None:
         assert torch.equal(value, original[key].half().float()), key
 
 
-def test_read_bundled_missing_says_how_to_restore(tmp_path) -> None:
+def test_missing_bundled_weights_say_how_to_restore(tmp_path, monkeypatch) -> None:
+    moved = replace(spec("bundled"), generator_weights=tmp_path / "generator.safetensors")
+    monkeypatch.setitem(MODELS, "bundled", moved)
     with pytest.raises(WeightsUnavailable, match="git checkout"):
-        read_bundled(tmp_path / "generator.safetensors")
+        load_generator("bundled")
     with pytest.raises(WeightsUnavailable):
         load_generator("bundled", weights=tmp_path / "generator.safetensors")
 
 
-# --- Pipeline.class_id ----------------------------------------------------------------------
-
-CLASSES = (
-    "tench, Tinca tinca",
-    "goldfish, Carassius auratus",
-    "great white shark, white shark, man-eater, man-eating shark, Carcharodon carcharias",
-    "tiger shark, Galeocerdo cuvieri",
-    "golden retriever",
-    "Labrador retriever",
-    "tiger cat",
-    "tiger, Panthera tigris",
-    "crane",
-    "crane",
-)
-
-
-def _pipeline(generator, tokenizer, classes=CLASSES) -> Pipeline:
-    return Pipeline("tiny", generator, tokenizer, tuple(classes), SamplingConfig(greedy=True))
-
-
-@pytest.fixture(scope="module")
-def pipe(generator, tokenizer) -> Pipeline:
-    return _pipeline(generator, tokenizer)
-
-
-@pytest.mark.parametrize(
-    ("query", "expected"),
-    [
-        (0, 0),
-        (9, 9),
-        ("4", 4),
-        (" 7 ", 7),
-        ("007", 7),
-        ("golden retriever", 4),  # exact
-        ("Golden Retriever  ", 4),  # case and whitespace
-        ("tench, Tinca tinca", 0),  # exact, the full ImageNet name
-        ("tench", 0),  # a comma-separated synonym
-        ("Tinca tinca", 0),
-        ("goldfish", 1),
-        ("white shark", 2),
-        ("tiger", 7),  # a synonym wins over substring hits in tiger shark and tiger cat
-        ("tiger cat", 6),  # exact wins over the substring hit in nothing else
-        ("labrador", 5),  # unique substring
-        ("carassius", 1),  # unique substring of a synonym
-        ("man-eat", 2),
-    ],
-)
-def test_class_id_resolves(pipe, query, expected) -> None:
-    assert pipe.class_id(query) == expected
-
-
-@pytest.mark.parametrize("query", ["retriever", "shark", "crane", "gold", "tige"])
-def test_class_id_ambiguous(pipe, query) -> None:
-    with pytest.raises(ValueError, match="ambiguous"):
-        pipe.class_id(query)
-
-
-def test_ambiguous_message_lists_the_candidates(pipe) -> None:
-    with pytest.raises(ValueError) as info:
-        pipe.class_id("retriever")
-    assert "golden retriever" in str(info.value) and "Labrador retriever" in str(info.value)
-
-
-@pytest.mark.parametrize("query", [10, 1000, -1, "10", "99"])
-def test_class_id_out_of_range(pipe, query) -> None:
-    with pytest.raises(ValueError, match=r"out of range|unknown class"):
-        pipe.class_id(query)
-
-
-@pytest.mark.parametrize("query", ["", "   ", "zebra", "-1", "tench, goldfish"])
-def test_class_id_unknown(pipe, query) -> None:
-    with pytest.raises(ValueError):
-        pipe.class_id(query)
-
-
-def test_class_id_with_the_real_imagenet_names(generator, tokenizer) -> None:
-    names = json.loads(IMAGENET_CLASSES.read_text())
-    assert len(names) == 1000
-    real = _pipeline(generator, tokenizer, names)
-    assert real.class_id("golden retriever") == 207
-    assert real.class_id("tench") == 0
-    assert real.class_id("Tinca tinca") == 0
-    assert real.class_id("tiger") == 292
-    assert real.class_id("999") == 999
-    with pytest.raises(ValueError, match="ambiguous"):
-        real.class_id("crane")  # 134 the bird and 517 the machine
-    with pytest.raises(ValueError, match="out of range"):
-        real.class_id(1000)
-
-
-# --- Pipeline streaming and decoding --------------------------------------------------------
-
-
-def test_pipeline_streams_one_panel_per_order_and_decodes(pipe) -> None:
-    names = ["raster", "spiral", "random"]
-    events = list(
-        pipe.stream(pipe.class_id("tiger"), names, seed=3, sampling=SamplingConfig(greedy=True))
-    )
-    assert len(events) == 16
-    orders = torch.stack([make_order(n, 4, 4, seed=3) for n in names])
-    assert all(torch.equal(e.positions, orders[:, e.step]) for e in events)
-    # Greedy, same class: a panel depends on its order only, and orders change the picture.
-    assert not torch.equal(events[-1].canvas[0], events[-1].canvas[1])
-    images = pipe.decode(events[3].canvas)  # a partial canvas (-1 cells) decodes too
-    assert images.shape == (3, 3, 8, 8) and images.dtype == torch.float32
-    assert images.min() >= 0 and images.max() <= 1
-    with pytest.raises(ValueError, match="at least one"):
-        pipe.orders([], seed=0)
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_random_models_have_the_registered_sizes(name) -> None:
+    with torch.device("meta"):  # real sizes, no memory
+        model, tokenizer = random_models(name)
+    assert model.config == spec(name).generator and tokenizer.config == spec(name).tokenizer

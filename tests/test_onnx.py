@@ -1,64 +1,30 @@
 """The ONNX export and its ONNX Runtime executor against the PyTorch model.
 
-The generator is the parity fixture's (../shared/fixtures/parity, see test_parity.py) in fp32,
+The generator is the parity fixture's (tests/fixtures/parity, see test_parity.py) in fp32,
 so the exported graphs are checked against the official model's outputs too.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import replace
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from safetensors import safe_open
+from conftest import fixture_model, parity_fixtures, read_fixture
 
 from rar_demo.backends import TorchExecutor
-from rar_demo.backends.onnx import (
-    QUANTIZED,
-    STEP_FILE,
-    OnnxDecoder,
-    OnnxExecutor,
-    ensure_export,
-    export_all,
-    int8_name,
-)
-from rar_demo.bench import Case, measure
+from rar_demo.backends.onnx import STEP_FILE, OnnxDecoder, OnnxExecutor, int8_name
+from rar_demo.backends.onnx_export import QUANTIZED, ensure_export, export_all
 from rar_demo.config import RARConfig, SamplingConfig, VQGANConfig
-from rar_demo.evaluate import compare_int8
 from rar_demo.model import RAR
 from rar_demo.pipeline import load_pipeline
 from rar_demo.sampler import generate
 from rar_demo.vqgan import VQGAN
 
-FIXTURES = Path(
-    os.environ.get(
-        "RAR_PARITY_FIXTURES", Path(__file__).resolve().parents[2] / "shared/fixtures/parity"
-    )
-)
 ATOL = 1e-4
 
 
 def _fixture(kind: str) -> tuple[dict, dict[str, torch.Tensor]]:
-    for path in sorted(FIXTURES.glob("*.safetensors")):
-        with safe_open(path, "pt") as f:
-            spec = json.loads(f.metadata()["spec"])
-            if spec["kind"] == kind:
-                return spec, {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    pytest.skip(f"no {kind} parity fixture in {FIXTURES}")
-
-
-def _build(model_cls, config, tensors: dict[str, torch.Tensor]) -> torch.nn.Module:
-    state = {
-        k.removeprefix("state_dict."): v for k, v in tensors.items() if k.startswith("state_dict.")
-    }
-    model = model_cls(config).eval()
-    model.load_state_dict(state, strict=True)
-    return model
+    return read_fixture(parity_fixtures(kind)[0])
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -73,9 +39,11 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def case(tmp_path_factory, _one_thread):
     spec, t = _fixture("rar")
-    model = _build(RAR, RARConfig.from_dict(spec["config"]), t)
+    model = fixture_model(RAR, RARConfig.from_dict(spec["config"]), t, torch.float32)
     _, v = _fixture("vqgan")
-    tokenizer = _build(VQGAN, VQGANConfig.from_dict(_fixture("vqgan")[0]["config"]), v)
+    tokenizer = fixture_model(
+        VQGAN, VQGANConfig.from_dict(_fixture("vqgan")[0]["config"]), v, torch.float32
+    )
     out = tmp_path_factory.mktemp("onnx")
     export_all(model, tokenizer, out, int8=True)
     labels = torch.where(t["class_dropped"], model.config.null_class, t["class_labels"])
@@ -182,7 +150,7 @@ def test_bundled_pipeline_on_onnx(tmp_path, monkeypatch) -> None:
     greedy = torch_pipe.sampling.with_(greedy=True)
     finals = []
     for pipe in (torch_pipe, onnx_pipe):
-        *_, last = pipe.stream(0, ["raster", "spiral"], seed=0, sampling=greedy)
+        *_, last = pipe.stream(0, pipe.orders(["raster", "spiral"], 0), seed=0, sampling=greedy)
         finals.append((last.canvas, pipe.decode(last.canvas)))
     assert torch.equal(finals[0][0], finals[1][0])
     # Trained weights are larger than the fixture's: allow a quarter of an 8-bit level.
@@ -191,24 +159,3 @@ def test_bundled_pipeline_on_onnx(tmp_path, monkeypatch) -> None:
         load_pipeline("bundled", backend="tensorrt")
     with pytest.raises(ValueError, match="int8"):  # it changes the small model's pictures
         load_pipeline("bundled", backend="onnx", int8=True)
-
-
-def test_int8_comparison_on_the_bundled_model(tmp_path, monkeypatch) -> None:
-    """`evaluate --int8` on one class: the int8 decoder (ranges calibrated on random codes)
-    keeps the picture; the int8 generator's greedy tokens are compared with fp32's."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    pipe = load_pipeline("bundled")
-    metrics = compare_int8(replace(pipe, class_names=pipe.class_names[:1]), tmp_path)
-    assert metrics["int8_decoder_psnr_db"] > 35  # measured about 39 over all classes
-    assert 0 < metrics["int8_greedy_token_agreement"] <= 1
-    assert Image.open(tmp_path / "int8.png").size[0] > 4 * pipe.tokenizer.config.resolution
-
-
-def test_bench_measures_onnx(tmp_path, monkeypatch) -> None:
-    """One bench measurement end to end, with the keys the README table is built from."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    row = measure(Case("bundled", "onnx", "int8", "fast", orders=2), "cpu")
-    assert row["backend"] == "onnx" and row["dtype"] == "int8" and row["batch"] == 2
-    assert row["seconds_per_image"] >= row["decode_seconds"] > 0
-    assert row["tokens_per_s"] > 0 and row["peak_mem_mb"] > 0
-    assert row["device"] == "cpu" and row["path"] == "fast" and row["orders"] == 2

@@ -2,7 +2,15 @@ import numpy as np
 import pytest
 import torch
 
-from rar_demo.orders import ORDER_NAMES, ORDERS, make_order, step_index_map, validate_order
+from rar_demo.orders import (
+    ORDER_NAMES,
+    ORDERS,
+    make_order,
+    sample_orders,
+    step_index_map,
+    validate_order,
+    validate_orders,
+)
 
 GRIDS = [(16, 16), (5, 7), (7, 5), (1, 6), (6, 1), (1, 1)]
 
@@ -164,3 +172,21 @@ def test_step_index_map_of_spiral():
         [7, 8, 3],
         [6, 5, 4],
     ]
+
+
+def test_sample_orders_by_ratio() -> None:
+    gen = torch.Generator().manual_seed(0)
+    raster = sample_orders(8, 16, 0.0, gen)
+    assert torch.equal(raster, torch.arange(16).expand(8, -1))
+    shuffled = sample_orders(8, 16, 1.0, gen)
+    assert torch.equal(shuffled.sort(1).values, raster)
+    assert not torch.equal(shuffled, raster)
+
+
+def test_validate_orders_checks_every_row() -> None:
+    good = torch.stack([torch.arange(4), torch.arange(4).flip(0)])
+    assert validate_orders(good, 4) is good
+    with pytest.raises(ValueError, match=r"row 1 of the orders: order repeats position 0"):
+        validate_orders(torch.tensor([[0, 1, 2, 3], [0, 0, 1, 2]]), 4)
+    with pytest.raises(ValueError, match=r"orders must be \(batch, positions\)"):
+        validate_orders(torch.arange(4), 4)

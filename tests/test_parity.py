@@ -1,6 +1,6 @@
 """Checkpoint-exact parity with the official RAR and MaskGIT-VQGAN code.
 
-Every `*.safetensors` file in $RAR_PARITY_FIXTURES (default ../shared/fixtures/parity) is one
+Every `*.safetensors` file in $RAR_PARITY_FIXTURES (default tests/fixtures/parity) is one
 case produced by the reference implementation; everything (config, tolerance, which outputs)
 is read from the file, so other fixture directories with other configs work unchanged.
 """
@@ -8,14 +8,12 @@ is read from the file, so other fixture directories with other configs work unch
 from __future__ import annotations
 
 import copy
-import json
-import os
 import re
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
+from conftest import FIXTURES, fixture_model, parity_fixtures, read_fixture
 
 from rar_demo.backends import TorchExecutor
 from rar_demo.backends.graphs import GraphExecutor
@@ -24,37 +22,9 @@ from rar_demo.model import RAR, KVCache
 from rar_demo.sampler import generate
 from rar_demo.vqgan import VQGAN
 
-FIXTURES = Path(
-    os.environ.get(
-        "RAR_PARITY_FIXTURES", Path(__file__).resolve().parents[2] / "shared/fixtures/parity"
-    )
-)
-
-
-def _load(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    with safe_open(path, "pt") as f:
-        spec = json.loads(f.metadata()["spec"])
-        return spec, {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-
 
 def _cases(kind: str) -> list:
-    files = sorted(FIXTURES.glob("*.safetensors"))
-    cases = [p for p in files if _load_spec(p)["kind"] == kind]
-    return [pytest.param(p, id=p.stem) for p in cases]
-
-
-def _load_spec(path: Path) -> dict:
-    with safe_open(path, "pt") as f:
-        return json.loads(f.metadata()["spec"])
-
-
-def _build(model_cls, config, tensors: dict[str, torch.Tensor]) -> torch.nn.Module:
-    state = {
-        k.removeprefix("state_dict."): v for k, v in tensors.items() if k.startswith("state_dict.")
-    }
-    model = model_cls(config).double().eval()
-    model.load_state_dict(state, strict=True)
-    return model
+    return [pytest.param(p, id=p.stem) for p in parity_fixtures(kind)]
 
 
 def _close(actual: torch.Tensor, expected: torch.Tensor, spec: dict) -> None:
@@ -75,8 +45,8 @@ def test_fixtures_present() -> None:
 
 @pytest.fixture(scope="module", params=_cases("rar"))
 def rar_case(request):
-    spec, t = _load(request.param)
-    model = _build(RAR, RARConfig.from_dict(spec["config"]), t)
+    spec, t = read_fixture(request.param)
+    model = fixture_model(RAR, RARConfig.from_dict(spec["config"]), t)
     labels = torch.where(t["class_dropped"], model.config.null_class, t["class_labels"])
     return spec, t, model, labels
 
@@ -134,8 +104,8 @@ def test_rar_greedy_generation(rar_case, path: str, dtype: torch.dtype) -> None:
 
 @pytest.mark.parametrize("path", _cases("vqgan"))
 def test_vqgan_decode_and_encode(path: Path) -> None:
-    spec, t = _load(path)
-    model = _build(VQGAN, VQGANConfig.from_dict(spec["config"]), t)
+    spec, t = read_fixture(path)
+    model = fixture_model(VQGAN, VQGANConfig.from_dict(spec["config"]), t)
     _close(model.decode(t["codes"]), t["decoded"], spec)
     assert torch.equal(model.encode(t["images"]), t["encoded"])
 

@@ -1,30 +1,24 @@
 """The real-size presets build exactly the official checkpoints' layout; loading is strict.
 
 The official weights cannot be downloaded here, so the layout is pinned by the manifest of
-every key and shape in them (../shared/fixtures/parity/official_state_dict_shapes.json).
+every key and shape in them (tests/fixtures/parity/official_state_dict_shapes.json).
 Real-size models are built on the `meta` device: no memory, no initialisation.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
-from tiny import TINY_RAR, TINY_VQGAN
+from conftest import FIXTURES, TINY_RAR, TINY_VQGAN
 
 from rar_demo.config import RAR_PRESETS, VQGAN_PRESETS
-from rar_demo.hub import GENERATORS, TOKENIZER, build
+from rar_demo.hub import materialize
 from rar_demo.model import RAR
+from rar_demo.registry import MODELS, HubFile
 from rar_demo.vqgan import VQGAN
 
-FIXTURES = Path(
-    os.environ.get(
-        "RAR_PARITY_FIXTURES", Path(__file__).resolve().parents[2] / "shared/fixtures/parity"
-    )
-)
 MANIFEST = FIXTURES / "official_state_dict_shapes.json"
 
 OFFICIAL = [
@@ -48,10 +42,11 @@ def _meta_model(model_cls, config) -> torch.nn.Module:
 
 
 def test_manifest_covers_every_official_checkpoint(manifest) -> None:
-    assert set(manifest) == {*GENERATORS, TOKENIZER.preset}
-    # Every official checkpoint maps to a preset of the right kind.
-    assert all(GENERATORS[name].preset in RAR_PRESETS for name in GENERATORS)
-    assert TOKENIZER.preset in VQGAN_PRESETS
+    official = [s for s in MODELS.values() if isinstance(s.generator_weights, HubFile)]
+    assert set(manifest) == {*(s.name for s in official), "maskgit_vqgan_f16_256"}
+    # Every official checkpoint maps to the preset of the right kind.
+    assert all(s.generator == RAR_PRESETS[s.name] for s in official)
+    assert all(s.tokenizer == VQGAN_PRESETS["maskgit_vqgan_f16_256"] for s in official)
 
 
 @pytest.mark.parametrize(("name", "model_cls", "config"), OFFICIAL, ids=[o[0] for o in OFFICIAL])
@@ -96,7 +91,7 @@ def test_parameter_counts_grow_with_size() -> None:
     assert counts == sorted(counts) and len(set(counts)) == len(counts)
 
 
-# --- hub.build: meta construction + strict assignment ---------------------------------------
+# --- hub.materialize: meta construction + strict assignment ---------------------------------------
 
 
 def _reference_state(model_cls, config) -> dict[str, torch.Tensor]:
@@ -114,7 +109,7 @@ def _reference_state(model_cls, config) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_build_assigns_state_onto_meta_model(model_cls, config, dtype) -> None:
     state = _reference_state(model_cls, config)
-    model = build(model_cls, config, state, dtype=dtype)
+    model = materialize(model_cls, config, state, dtype=dtype)
     assert isinstance(model, model_cls) and model.config == config
     assert not model.training
     loaded = model.state_dict()
@@ -130,7 +125,7 @@ def test_built_model_computes_like_the_original() -> None:
     state = _reference_state(RAR, TINY_RAR)
     original = RAR(TINY_RAR).eval()
     original.load_state_dict(state)
-    built = build(RAR, TINY_RAR, state)
+    built = materialize(RAR, TINY_RAR, state)
     tokens = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(1))
     labels = torch.tensor([0, 4])
     orders = torch.stack([torch.arange(16), torch.arange(16).flip(0)])
@@ -155,4 +150,4 @@ def test_build_is_strict(model_cls, config, defect, error) -> None:
     else:
         state[key] = torch.zeros(*state[key].shape[:-1], state[key].shape[-1] + 1)
     with pytest.raises(RuntimeError, match=error):
-        build(model_cls, config, state)
+        materialize(model_cls, config, state)

@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from tiny import TINY_RAR
+from conftest import TINY_RAR
 from torch import nn
 
 from rar_demo.backends import Executor, TorchExecutor

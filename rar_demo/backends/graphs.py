@@ -3,7 +3,7 @@
 At batch 1 a RAR decode step is a few hundred tiny kernels, so on a GPU it is bound by launch
 latency, not by arithmetic or bandwidth. Capturing the step once in a `torch.cuda.CUDAGraph` and
 replaying it turns those launches into one. That needs every tensor the step touches to live at
-a fixed address with a fixed shape, which is what `StaticDecoder` holds: the KV cache, the
+a fixed address with a fixed shape, which is what `StepBuffers` holds: the KV cache, the
 modulation table, the step's inputs and its logits. The model's static decode step
 (`RAR.decode_step` with a tensor `step`) attends over the whole cache with the slots not yet
 written masked out, so one graph serves all 255 steps.
@@ -31,7 +31,7 @@ Key = tuple[int, int]  # (batch size, distinct labels): the shapes a graph is ca
 
 
 @dataclass
-class StaticDecoder:
+class StepBuffers:
     """Everything one decode step reads or writes, allocated once per `Key`."""
 
     cache: KVCache  # with its Modulation table
@@ -46,18 +46,18 @@ class StaticDecoder:
 
 @dataclass
 class Lease:
-    """The sampler's handle on a `StaticDecoder` for one generation. Dropping it (the
-    generation ended or was abandoned) gives the decoder back to the executor's pool."""
+    """The sampler's handle on a `StepBuffers` for one generation. Dropping it (the
+    generation ended or was abandoned) gives the buffers back to the executor's pool."""
 
     batch_size: int
-    decoder: StaticDecoder | None = None
+    buffers: StepBuffers | None = None
     _finalizer: weakref.finalize | None = field(default=None, repr=False)
 
 
 class GraphExecutor(TorchExecutor):
     """TorchExecutor's fast path, every decode step replayed from one CUDA graph per `Key`.
 
-    Generations may run concurrently (each takes its own decoder from the pool); the logits a
+    Generations may run concurrently (each takes its own buffers from the pool); the logits a
     step returns are a buffer that the next step of the same generation overwrites.
     """
 
@@ -68,7 +68,7 @@ class GraphExecutor(TorchExecutor):
             self._step = torch.compile(
                 self._static_step, mode="max-autotune-no-cudagraphs", fullgraph=True, dynamic=False
             )
-        self._pool: dict[Key, list[StaticDecoder]] = defaultdict(list)
+        self._pool: dict[Key, list[StepBuffers]] = defaultdict(list)
 
     @property
     def captures(self) -> bool:
@@ -82,15 +82,15 @@ class GraphExecutor(TorchExecutor):
         key = (lease.batch_size, modulation.table.shape[1])
         pool = self._pool[key]
         try:  # pop, not check-then-pop: another thread may take the last one in between
-            decoder = pool.pop()
+            buffers = pool.pop()
         except IndexError:
-            decoder = self._allocate(labels, modulation)
-        lease.decoder = decoder
-        lease._finalizer = weakref.finalize(lease, pool.append, decoder)
-        cache = decoder.cache
+            buffers = self._allocate(labels, modulation)
+        lease.buffers = buffers
+        lease._finalizer = weakref.finalize(lease, pool.append, buffers)
+        cache = buffers.cache
         cache.modulation.table.copy_(modulation.table)
         cache.modulation.rows.copy_(modulation.rows)
-        decoder.labels.copy_(labels)
+        buffers.labels.copy_(labels)
         # Slots are written before they are read and unwritten ones are masked, so the cache
         # is reused as it is.
         return self.model.prefill(cache, labels, first_positions)
@@ -104,19 +104,19 @@ class GraphExecutor(TorchExecutor):
         next_positions: Tensor,
         labels: Tensor,
     ) -> Tensor:
-        decoder = lease.decoder
-        decoder.step.fill_(step)
-        decoder.tokens.copy_(tokens)
-        decoder.positions.copy_(positions)
-        decoder.next_positions.copy_(next_positions)
+        buffers = lease.buffers
+        buffers.step.fill_(step)
+        buffers.tokens.copy_(tokens)
+        buffers.positions.copy_(positions)
+        buffers.next_positions.copy_(next_positions)
         if not self.captures:
-            return self._run(decoder)
-        if decoder.graph is None:
-            self._capture(decoder)
-        decoder.graph.replay()
-        return decoder.logits
+            return self._run(buffers)
+        if buffers.graph is None:
+            self._capture(buffers)
+        buffers.graph.replay()
+        return buffers.logits
 
-    def _run(self, d: StaticDecoder) -> Tensor:
+    def _run(self, d: StepBuffers) -> Tensor:
         c = d.cache
         return self._step(
             c.k, c.v, c.modulation.table, c.modulation.rows, d.step, d.tokens, d.positions,
@@ -139,12 +139,12 @@ class GraphExecutor(TorchExecutor):
         cache = KVCache(k, v, Modulation(table, rows))
         return self.model.decode_step(cache, step, tokens, positions, next_positions, labels)
 
-    def _allocate(self, labels: Tensor, modulation: Modulation) -> StaticDecoder:
+    def _allocate(self, labels: Tensor, modulation: Modulation) -> StepBuffers:
         B = labels.shape[0]
         cache = self.model.new_cache(B)
         cache.modulation = Modulation(modulation.table.clone(), modulation.rows.clone())
         index = torch.zeros(B, dtype=torch.long, device=self.device)
-        return StaticDecoder(
+        return StepBuffers(
             cache=cache,
             step=torch.ones((), dtype=torch.long, device=self.device),
             tokens=index.clone(),
@@ -153,8 +153,8 @@ class GraphExecutor(TorchExecutor):
             labels=labels.clone(),
         )
 
-    def _capture(self, d: StaticDecoder) -> None:
-        """Captures the decode step with the decoder's current inputs. The warm-up runs (kernel
+    def _capture(self, d: StepBuffers) -> None:
+        """Captures the decode step with the buffers' current inputs. The warm-up runs (kernel
         selection, compilation) write the current step's slot, which the replay that follows
         rewrites with the same values."""
         stream = torch.cuda.Stream(self.device)

@@ -1,0 +1,139 @@
+"""Pipeline: classes by name or id, one panel per order in one batch, decoding."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from conftest import TINY_RAR, TINY_VQGAN, randomized, tiny_spec
+
+from rar_demo.config import SamplingConfig
+from rar_demo.model import RAR
+from rar_demo.orders import make_order
+from rar_demo.pipeline import Pipeline
+from rar_demo.registry import imagenet_classes
+from rar_demo.vqgan import VQGAN
+
+RAR_CONFIG = replace(TINY_RAR, condition_num_classes=10)  # one per entry of CLASSES
+
+
+@pytest.fixture(scope="module")
+def generator() -> RAR:
+    return randomized(RAR(RAR_CONFIG))
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> VQGAN:
+    return randomized(VQGAN(TINY_VQGAN), seed=1)
+
+
+# --- Pipeline.class_id ----------------------------------------------------------------------
+
+CLASSES = (
+    "tench, Tinca tinca",
+    "goldfish, Carassius auratus",
+    "great white shark, white shark, man-eater, man-eating shark, Carcharodon carcharias",
+    "tiger shark, Galeocerdo cuvieri",
+    "golden retriever",
+    "Labrador retriever",
+    "tiger cat",
+    "tiger, Panthera tigris",
+    "crane",
+    "crane",
+)
+
+
+def _pipeline(generator, tokenizer, classes=CLASSES) -> Pipeline:
+    return Pipeline(tiny_spec(RAR_CONFIG), generator, tokenizer, tuple(classes))
+
+
+@pytest.fixture(scope="module")
+def pipe(generator, tokenizer) -> Pipeline:
+    return _pipeline(generator, tokenizer)
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        (0, 0),
+        (9, 9),
+        ("4", 4),
+        (" 7 ", 7),
+        ("007", 7),
+        ("golden retriever", 4),  # exact
+        ("Golden Retriever  ", 4),  # case and whitespace
+        ("tench, Tinca tinca", 0),  # exact, the full ImageNet name
+        ("tench", 0),  # a comma-separated synonym
+        ("Tinca tinca", 0),
+        ("goldfish", 1),
+        ("white shark", 2),
+        ("tiger", 7),  # a synonym wins over substring hits in tiger shark and tiger cat
+        ("tiger cat", 6),  # exact wins over the substring hit in nothing else
+        ("labrador", 5),  # unique substring
+        ("carassius", 1),  # unique substring of a synonym
+        ("man-eat", 2),
+    ],
+)
+def test_class_id_resolves(pipe, query, expected) -> None:
+    assert pipe.class_id(query) == expected
+
+
+@pytest.mark.parametrize("query", ["retriever", "shark", "crane", "gold", "tige"])
+def test_class_id_ambiguous(pipe, query) -> None:
+    with pytest.raises(ValueError, match="ambiguous"):
+        pipe.class_id(query)
+
+
+def test_ambiguous_message_lists_the_candidates(pipe) -> None:
+    with pytest.raises(ValueError) as info:
+        pipe.class_id("retriever")
+    assert "golden retriever" in str(info.value) and "Labrador retriever" in str(info.value)
+
+
+@pytest.mark.parametrize("query", [10, 1000, -1, "10", "99"])
+def test_class_id_out_of_range(pipe, query) -> None:
+    with pytest.raises(ValueError, match=r"out of range|unknown class"):
+        pipe.class_id(query)
+
+
+@pytest.mark.parametrize("query", ["", "   ", "zebra", "-1", "tench, goldfish"])
+def test_class_id_unknown(pipe, query) -> None:
+    with pytest.raises(ValueError):
+        pipe.class_id(query)
+
+
+def test_class_id_with_the_real_imagenet_names(generator, tokenizer) -> None:
+    names = imagenet_classes()
+    assert len(names) == 1000
+    real = _pipeline(generator, tokenizer, names)
+    assert real.class_id("golden retriever") == 207
+    assert real.class_id("tench") == 0
+    assert real.class_id("Tinca tinca") == 0
+    assert real.class_id("tiger") == 292
+    assert real.class_id("999") == 999
+    with pytest.raises(ValueError, match="ambiguous"):
+        real.class_id("crane")  # 134 the bird and 517 the machine
+    with pytest.raises(ValueError, match="out of range"):
+        real.class_id(1000)
+
+
+# --- Pipeline streaming and decoding --------------------------------------------------------
+
+
+def test_pipeline_streams_one_panel_per_order_and_decodes(pipe) -> None:
+    names = ["raster", "spiral", "random"]
+    orders = pipe.orders(names, seed=3)
+    events = list(
+        pipe.stream(pipe.class_id("tiger"), orders, seed=3, sampling=SamplingConfig(greedy=True))
+    )
+    assert len(events) == 16
+    assert torch.equal(orders, torch.stack([make_order(n, 4, 4, seed=3) for n in names]))
+    assert all(torch.equal(e.positions, orders[:, e.step]) for e in events)
+    # Greedy, same class: a panel depends on its order only, and orders change the picture.
+    assert not torch.equal(events[-1].canvas[0], events[-1].canvas[1])
+    images = pipe.decode(events[3].canvas)  # a partial canvas (-1 cells) decodes too
+    assert images.shape == (3, 3, 8, 8) and images.dtype == torch.float32
+    assert images.min() >= 0 and images.max() <= 1
+    with pytest.raises(ValueError, match="at least one"):
+        pipe.orders([], seed=0)
