@@ -69,8 +69,10 @@ def step_curves(names: Sequence[str], probs: Tensor, entropy: Tensor, window: in
     ax_h.set_ylabel("entropy (nats)")
     ax_h.set_xlabel(f"step (bold: mean of the last {window} steps)")
     ax_h.set_xlim(1, len(steps))
-    ax_p.legend(loc="upper left", ncols=len(names), fontsize="small", frameon=False)
     fig.suptitle("How sure the model was, step by step")
+    # Outside the axes: inside, it covered the curves' first steps.
+    handles, labels = ax_p.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(names), frameon=False)
     for ax in (ax_p, ax_h):
         ax.grid(alpha=0.3)
     return fig
