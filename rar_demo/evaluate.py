@@ -74,6 +74,11 @@ def compare_int8(pipe: Pipeline, out: Path, seed: int = 0) -> dict:
 def evaluate(out: Path, data_path: Path, seeds: int, int8: bool = False) -> dict:
     pipe = load_pipeline("bundled")
     data = load_or_build(data_path)
+    if pipe.class_names != data.class_names:
+        raise SystemExit(
+            f"the bundled weights know {len(pipe.class_names)} classes, the dataset at "
+            f"{data_path} {len(data.class_names)}: evaluate weights trained on this dataset"
+        )
     heldout = data.heldout_split()
     images = to_tensor(heldout.images)
     recon = torch.cat([pipe.decode(pipe.tokenizer.encode(b)) for b in images.split(256)])

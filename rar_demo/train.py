@@ -160,9 +160,12 @@ def train_tokenizer(args: argparse.Namespace) -> None:
     train, heldout = data.train(), data.heldout_split()
     images = to_tensor(train.images).to(device)
     test_images = to_tensor(heldout.images).to(device)
-    config = VQGAN_PRESETS[args.preset]
     torch.manual_seed(args.seed)
-    model = VQGAN(config).to(device)
+    if args.init:  # fine-tune: e.g. the shipped bundled tokenizer on new artwork
+        model = tokenizer_from_run(args.init, device).train()
+    else:
+        model = VQGAN(VQGAN_PRESETS[args.preset]).to(device)
+    config = model.config
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=1e-4)
     run = Run(args.out, args)
     start = run.resume(model, opt)
@@ -302,7 +305,7 @@ def train_generator(args: argparse.Namespace) -> None:
     data = load_or_build(args.data)
     tokenizer = tokenizer_from_run(args.tokenizer, device)
     train, heldout = data.train(), data.heldout_split()
-    # Mirrored emoji are still emoji of their group: twice the data for free.
+    # A mirrored emoji is still that emoji (mostly: arrows and flags turn): twice the data.
     tokens = torch.cat(
         [tokenize(tokenizer, train.images), tokenize(tokenizer, train.images, flip=True)]
     )
@@ -399,6 +402,9 @@ def main(argv: list[str] | None = None) -> None:
         if name == "tokenizer":
             p.add_argument("--restart-every", type=int, default=200)
             p.add_argument("--crop", type=int, default=32)
+            p.add_argument(
+                "--init", type=Path, help="start from a tokenizer run folder or exported weights"
+            )
         else:
             p.add_argument(
                 "--tokenizer",

@@ -11,7 +11,7 @@ import torch
 from conftest import TINY_RAR
 
 from rar_demo.config import RAR_PRESETS, VQGANConfig
-from rar_demo.data import EMOJI_CLASSES, EmojiDataset
+from rar_demo.data import EmojiClass, EmojiDataset
 from rar_demo.hub import load_generator, load_tokenizer
 from rar_demo.model import RAR
 from rar_demo.orders import sample_orders
@@ -140,16 +140,21 @@ def test_tokenizer_steps_lower_the_loss() -> None:
     assert loss_fn().item() < first * 0.7
 
 
+CLASSES = tuple(
+    EmojiClass(chr(0x1F600 + i), f"face {i}", "Smileys & Emotion", "face-smiling") for i in range(9)
+)
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path):
     rng = np.random.default_rng(0)
     n = 40
     data = EmojiDataset(
         images=rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8),
-        labels=np.arange(n) % len(EMOJI_CLASSES),
-        emoji=[chr(0x1F600 + i) for i in range(n)],
+        labels=np.arange(n) % len(CLASSES),
+        styles=np.arange(n) % 3,
         heldout=np.arange(n) % 10 == 0,
-        class_names=EMOJI_CLASSES,
+        classes=CLASSES,
     )
     path = tmp_path / "data.npz"
     data.save(path)
@@ -207,8 +212,8 @@ def test_training_runs_resume_and_export(tiny_dataset, tmp_path, capsys) -> None
         ]
     )
     model, classes = load_generator("bundled", weights=out / "generator.safetensors")
-    assert classes == EMOJI_CLASSES
-    assert model.config.condition_num_classes == len(EMOJI_CLASSES)
+    assert classes == tuple(c.name for c in CLASSES)
+    assert model.config.condition_num_classes == len(CLASSES)
     assert load_tokenizer("bundled", weights=out / "tokenizer.safetensors").config.resolution == 64
 
     # A later session goes on from the shipped weights alone (runs/ is not kept).
