@@ -5,14 +5,23 @@ request checks, paced frames, results) is rar_demo/studio.py.
 
 from __future__ import annotations
 
+import base64
+import html
+import io
+import logging
 import os
 import random
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import gradio as gr
+import numpy as np
 import torch
+from gradio.components.plot import PlotData
+from gradio.processing_utils import encode_plot_to_base64
+from PIL import Image
 
 from rar_demo import studio
 from rar_demo.hub import WeightsUnavailable
@@ -24,10 +33,13 @@ try:  # ZeroGPU on Hugging Face Spaces: a GPU is attached only while a decorated
     import spaces
 
     gpu = spaces.GPU(duration=120)
+    GPU_CALLS = "spaces.GPU"
 except ImportError:
 
     def gpu(fn: Callable) -> Callable:
         return fn
+
+    GPU_CALLS = "plain calls (no spaces package)"
 
 
 # On ZeroGPU torch reports CUDA at start-up, so models load onto it there, as it expects. On
@@ -40,17 +52,28 @@ CACHE = studio.ModelCache(
 RUNTIME_CHOICES = studio.runtimes(os.environ)
 DEFAULT_ORDERS = ["raster", "random"]
 CSS = """
-/* Small models make 64 px images: scale them up crisply to fill the panel. */
-.panel img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
-/* Keep the order's label and the buttons above the picture rather than over its top row. */
-.panel .image-container { padding-top: 32px; box-sizing: border-box; }
+/* Generate and Stop stay in reach: above everything on a desktop, at the bottom on a phone
+   (Gradio's page container clips overflow, which would stop them sticking). */
+.gradio-container { overflow: clip !important; }
+.action-bar { position: sticky; top: 0; z-index: 100; background: var(--background-fill-primary); }
+@media (max-width: 640px) {
+  .action-bar { position: fixed; top: auto; bottom: 0; left: 0; right: 0; padding: 8px; }
+}
 #status { min-height: 1.6em; }
+/* Live panels: small models make 64 px images, scaled up crisply. */
+.live { display: grid; grid-template-columns: repeat(auto-fit, minmax(180px, 1fr)); gap: 12px; }
+.live figure { margin: 0; }
+.live figcaption { font-weight: 600; margin-bottom: 4px; }
+.live img { width: 100%; aspect-ratio: 1; image-rendering: pixelated; display: block; }
 """
 # System fonts: the default theme would fetch its fonts from Google, which offline use lacks.
 THEME = gr.themes.Default(
     font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
 )
-LAUNCH_OPTIONS: dict[str, Any] = {"css": CSS, "theme": THEME}
+# The MCP server makes generate_image (and generate) tools for LLM clients.
+LAUNCH_OPTIONS: dict[str, Any] = {"css": CSS, "theme": THEME, "mcp_server": True}
+LOG = logging.getLogger("rar_studio")
+STOPS: dict[str, threading.Event] = {}  # session -> its run's stop flag
 
 
 def _load(model: str, runtime: str) -> Pipeline | None:
@@ -64,69 +87,180 @@ def _load(model: str, runtime: str) -> Pipeline | None:
 
 
 @gpu
-def _run(request: studio.Request) -> Iterator[studio.Update]:
-    yield from studio.run(CACHE, request)
+def _run(request: studio.Request, stop: threading.Event) -> Iterator[studio.Update]:
+    yield from studio.run(CACHE, request, stop)
 
 
-def _or_skip(value: Any) -> Any:
-    return gr.skip() if value is studio.KEEP else value
-
-
-def _outputs(update: studio.Update) -> tuple:
-    """An Update as values for (status, 4 panels, animation, order plot, stats plot). Panels
-    are plain images (None when unused) so API clients get files; their labels and
-    visibility follow the chosen orders (panel_layout)."""
-    if update.panels is studio.KEEP:
-        panels = [gr.skip()] * studio.MAX_ORDERS
+def _data_uri(frame: np.ndarray) -> str:
+    # Lossless for small frames; JPEG for 256 px ones, a tenth of PNG's encoding time.
+    image, buffer = Image.fromarray(frame), io.BytesIO()
+    if frame.shape[0] <= 128:
+        image.save(buffer, format="PNG", compress_level=1)
+        kind = "png"
     else:
-        panels = [*update.panels.values()]
-        panels += [None] * (studio.MAX_ORDERS - len(panels))
-    return (
-        update.status,
-        *panels,
-        _or_skip(update.animation),
-        _or_skip(update.order_plot),
-        _or_skip(update.stats_plot),
+        image.save(buffer, format="JPEG", quality=90)
+        kind = "jpeg"
+    return f"data:image/{kind};base64,{base64.b64encode(buffer.getvalue()).decode()}"
+
+
+def panels_html(panels: dict[str, np.ndarray]) -> str:
+    """The live panels as one HTML block of inline images: no file per frame in any cache."""
+    figures = "".join(
+        f'<figure class="panel"><figcaption>{html.escape(name)}</figcaption>'
+        f'<img alt="{html.escape(name)}" src="{_data_uri(frame)}"></figure>'
+        for name, frame in panels.items()
     )
+    return f'<div class="live">{figures}</div>'
+
+
+def _plot(figure: Any) -> Any:
+    """A figure encoded once, as the Plot component sends it; None stays None."""
+    if figure is None or figure is studio.KEEP:
+        return figure
+    return PlotData(type="matplotlib", plot=encode_plot_to_base64(figure, "png"))
+
+
+def _outputs(update: studio.Update) -> list:
+    """An Update as values for (status, live panels, final images, animation, order plot,
+    stats plot); studio.KEEP where it leaves one as it was."""
+    panels = update.panels if update.panels is studio.KEEP else panels_html(update.panels)
+    finals = update.finals
+    if isinstance(finals, dict):
+        finals = [(image, name) for name, image in finals.items()]
+    return [
+        update.status,
+        panels,
+        finals,
+        update.animation,
+        _plot(update.order_plot),
+        _plot(update.stats_plot),
+    ]
+
+
+def _user_error(err: Exception) -> gr.Error:
+    LOG.info("rejected: %s", err)  # one line, no traceback: the user's input, not a bug
+    return gr.Error(str(err), print_exception=False)
+
+
+def check_inputs(
+    model: str,
+    class_name: str,
+    orders: list[str],
+    seed: float,
+    cfg_scale: float | None = None,
+    cfg_power: float | None = None,
+    temperature: float | None = None,
+    top_k: float | None = None,
+    speed: float = studio.DEFAULT_SPEED,
+    runtime: str = "torch",
+) -> list[dict]:
+    """Gradio's validator for Generate: a message by the offending field, before anything
+    runs or any result is cleared. Checks what needs no model download."""
+    fields = ["model", "class_name", "orders", "seed", "cfg_scale", "cfg_power"]
+    fields += ["temperature", "top_k", "speed", "runtime"]
+    try:
+        studio.parse(
+            CACHE, model, class_name, orders, seed, cfg_scale, cfg_power, temperature, top_k,
+            speed, runtime, load=False,
+        )  # fmt: skip
+    except studio.InputError as err:
+        LOG.info("rejected %s: %s", err.field, err)
+        return [gr.validate(name != err.field, str(err)) for name in fields]
+    return [gr.validate(True, "") for _ in fields]
 
 
 def generate(
     model: str,
     class_name: str,
     orders: list[str],
-    seed: int,
+    seed: float,
     cfg_scale: float | None = None,
     cfg_power: float | None = None,
     temperature: float | None = None,
-    top_k: int | None = None,
+    top_k: float | None = None,
     speed: float = studio.DEFAULT_SPEED,
     runtime: str = "torch",
+    request: gr.Request | None = None,
 ) -> Iterator[tuple]:
-    """Generates one image of `class_name` (a name or an id) per order in `orders` (1 to 4),
-    in one batch with the same seed, streaming (status, 4 panels, animation, order plot,
-    stats plot). Sampler settings left empty take the model's paper defaults; top_k 0 = off.
-    runtime: "torch", "onnx" or "onnx int8" (official models only).
+    """Generates one image of a class per order, side by side in one batch with the same seed,
+    streaming the panels token by token.
+
+    Args:
+        model: "bundled" (offline, emoji) or an official RAR model: rar_b, rar_l, rar_xl, rar_xxl.
+        class_name: a class name (e.g. "golden retriever") or its id.
+        orders: 1 to 4 generation orders: raster, random, spiral, center-out, zigzag, column,
+            diagonal, checkerboard.
+        seed: a whole number; the same seed gives the same images.
+        cfg_scale: classifier-free guidance scale; empty for the model's default.
+        cfg_power: power of the guidance schedule; empty for the model's default.
+        temperature: sampling temperature; empty for the model's default.
+        top_k: keep only the k likeliest tokens (0 = off); empty for the model's default.
+        speed: at most this many steps per second.
+        runtime: "torch", "onnx" or "onnx int8" (official models only).
+
+    Returns:
+        The status line, the live panels (HTML), the final images, the run's animation (WebP),
+        the order heatmaps and the per-step confidence plot.
     """
     # No gr.Progress here: with one, a cancelled run marks every output "Error" in the page.
     # Downloads show their progress when the model is picked (select_model) instead.
     try:
-        request = studio.parse(
-            CACHE,
-            model,
-            class_name,
-            orders,
-            seed,
-            cfg_scale,
-            cfg_power,
-            temperature,
-            top_k,
-            speed,
-            runtime,
-        )
+        parsed = studio.parse(
+            CACHE, model, class_name, orders, seed, cfg_scale, cfg_power, temperature, top_k,
+            speed, runtime,
+        )  # fmt: skip
     except (ValueError, WeightsUnavailable) as err:
-        raise gr.Error(str(err)) from None
-    for update in _run(request):
-        yield _outputs(update)
+        raise _user_error(err) from None
+    stop = threading.Event()
+    session = request.session_hash if request is not None else None
+    if session:
+        STOPS[session] = stop
+    # Every update carries a real value for every output: a gr.skip() would make Gradio
+    # rebuild that component's config (about 10 ms each, per frame), while a value it sent
+    # already costs nothing (outputs go out as diffs).
+    shown: list = [None] * 6
+    try:
+        for update in _run(parsed, stop):
+            for i, value in enumerate(_outputs(update)):
+                if value is not studio.KEEP:
+                    shown[i] = value
+            yield tuple(shown)
+    finally:
+        if session and STOPS.get(session) is stop:
+            del STOPS[session]
+
+
+@gpu
+def _still(request: studio.Request) -> np.ndarray:
+    return studio.still(CACHE, request)
+
+
+def generate_image(model: str, class_name: str, order: str, seed: float) -> np.ndarray:
+    """Generates one image of a class with RAR, token by token in the given order, and returns
+    the finished picture.
+
+    Args:
+        model: "bundled" (offline, emoji) or an official RAR model: rar_b, rar_l, rar_xl, rar_xxl.
+        class_name: a class name (e.g. "golden retriever", or an emoji group for "bundled") or
+            its id.
+        order: the generation order: raster, random, spiral, center-out, zigzag, column,
+            diagonal or checkerboard.
+        seed: a whole number; the same seed gives the same image.
+
+    Returns:
+        The generated image (256 px; the model's own defaults for sampling).
+    """
+    try:
+        parsed = studio.parse(CACHE, model, class_name, [order], seed)
+    except (ValueError, WeightsUnavailable) as err:
+        raise _user_error(err) from None
+    return _still(parsed)
+
+
+def stop_run(request: gr.Request) -> None:
+    """Ends this session's run; it shows where it stopped."""
+    if (stop := STOPS.get(request.session_hash)) is not None:
+        stop.set()
 
 
 def select_model(
@@ -158,17 +292,35 @@ def random_seed() -> int:
     return random.randrange(1_000_000)  # short enough to read and retype
 
 
-def panel_layout(orders: list[str]) -> list[dict]:
-    """Shows one empty, labelled panel per chosen order before a run starts."""
+def blank_panels(model: str, orders: list[str], runtime: str = "torch") -> str | dict:
+    """Hatched, labelled panels for the chosen orders: shown the moment the orders change or
+    Generate is pressed, so no earlier picture stands under a new label."""
     names = list(orders or [])[: studio.MAX_ORDERS]
-    shown = [gr.update(label=name, visible=True) for name in names]
-    return shown + [gr.update(visible=False)] * (studio.MAX_ORDERS - len(shown))
+    if not names or not CACHE.has(model, runtime):
+        return gr.skip()
+    render = studio.Renderer(CACHE, CACHE.get(model, runtime))
+    return panels_html(dict(zip(names, render.blank(len(names)), strict=True)))
+
+
+def clear_panels(model: str, class_name: str, orders: list[str], *rest: Any) -> str | dict:
+    """`blank_panels` for Generate's inputs (the validator's), runtime last."""
+    return blank_panels(model, orders, rest[-1])
+
+
+def fill_defaults(model: str, runtime: str, *values: float | None) -> list:
+    """The model's sampler defaults into the boxes still empty when the page has loaded;
+    what someone typed meanwhile stays."""
+    pipe = _load(model, runtime)
+    if pipe is None:
+        return [gr.skip()] * len(values)
+    defaults = studio.sampler_values(pipe.sampling)
+    # An empty box reads 0 in the page (None through the API), so 0 counts as not typed.
+    return [d if not v else gr.skip() for d, v in zip(defaults, values, strict=True)]
 
 
 def _sampler_box(label: str, step: float, precision: int | None = None) -> gr.Number:
     # No initial value: left empty, a setting takes the model's default, which is also what
-    # an API call that omits it gets; the page fills the defaults in when it loads. Ranges are
-    # checked in studio.parse, whose errors name the setting.
+    # an API call that omits it gets. The page fills the defaults in (fill_defaults).
     return gr.Number(
         label=label, step=step, precision=precision, placeholder="model default", min_width=100
     )
@@ -189,9 +341,13 @@ def create_demo(model: str | None = None) -> gr.Blocks:
             "[RAR](https://github.com/bytedance/1d-tokenizer) generates a 16×16 grid of image "
             "tokens one token per step, and was trained to do so in *any* order. Pick a class "
             "and up to four orders: each panel is generated in its own order, side by side, "
-            "with the same seed. Grey hatched cells are not generated yet; the pink square is "
-            "the newest token."
+            "with the same seed. Hatched cells are not generated yet; the pink square is the "
+            "newest token."
         )
+        with gr.Row(elem_classes="action-bar", equal_height=True):
+            go = gr.Button("Generate", variant="primary", scale=3)
+            stop = gr.Button("Stop", variant="stop", scale=1)
+            status = gr.Markdown("Press **Generate**.", elem_id="status", container=False)
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
                 with gr.Row():
@@ -211,13 +367,14 @@ def create_demo(model: str | None = None) -> gr.Blocks:
                         allow_custom_value=True,  # ids and synonyms work too
                         scale=5,
                     )
-                    class_dice = gr.Button("🎲", scale=0, min_width=48)
+                    class_dice = gr.Button("Any", scale=0, min_width=64, size="sm")
                 order_box = gr.CheckboxGroup(
                     list(ORDER_NAMES), value=DEFAULT_ORDERS, label="Generation orders (1 to 4)"
                 )
                 with gr.Row(equal_height=True):
-                    seed_box = gr.Number(0, label="Seed", precision=0, scale=5)
-                    seed_dice = gr.Button("🎲", scale=0, min_width=48)
+                    # No precision: 1.5 is refused, not silently rounded.
+                    seed_box = gr.Number(0, label="Seed", scale=5)
+                    seed_dice = gr.Button("New", scale=0, min_width=64, size="sm")
                 speed_box = gr.Slider(
                     *studio.SPEED_RANGE,
                     value=studio.DEFAULT_SPEED,
@@ -231,27 +388,17 @@ def create_demo(model: str | None = None) -> gr.Blocks:
                     with gr.Row():
                         temperature_box = _sampler_box("Temperature", step=0.01)
                         top_k_box = _sampler_box("Top-k (0 = off)", step=1, precision=0)
-                with gr.Row():
-                    go = gr.Button("Generate", variant="primary")
-                    stop = gr.Button("Stop", variant="stop")
             with gr.Column(scale=3):
-                status = gr.Markdown("Press **Generate**.", elem_id="status")
-                with gr.Row():
-                    panels = [
-                        gr.Image(
-                            label=name,
-                            visible=i < len(DEFAULT_ORDERS),
-                            format="png",  # lossless: frames are small and exact
-                            interactive=False,
-                            height=300,
-                            min_width=200,
-                            elem_classes="panel",
-                            buttons=["download", "fullscreen"],
-                        )
-                        for i, name in enumerate(
-                            DEFAULT_ORDERS + [""] * (studio.MAX_ORDERS - len(DEFAULT_ORDERS))
-                        )
-                    ]
+                live = gr.HTML(blank_panels(model, DEFAULT_ORDERS), elem_id="live", container=False)
+                finals = gr.Gallery(
+                    label="Final images",
+                    columns=4,
+                    height="auto",
+                    object_fit="contain",
+                    elem_id="finals",
+                    format="png",  # lossless: the pictures as generated
+                    buttons=["download", "fullscreen"],
+                )
                 with gr.Row():
                     order_plot = gr.Plot(format="png", show_label=False, elem_id="order-plot")
                 with gr.Row():
@@ -268,23 +415,34 @@ def create_demo(model: str | None = None) -> gr.Blocks:
         )
 
         sampler_boxes = [cfg_box, power_box, temperature_box, top_k_box]
-        run = go.click(
+        inputs = [model_box, class_box, order_box, seed_box, *sampler_boxes, speed_box, runtime_box]
+        # Blank the panels at once, and only for a valid request (the validator keeps the last
+        # results while it shows what is wrong).
+        # preprocess=False: raw values reach parse, which words every error (Gradio's own
+        # choice checks would fail inside the validator with a bare "400 Bad Request").
+        go.click(clear_panels, inputs, live, validator=check_inputs, preprocess=False, **private)
+        go.click(
             generate,
-            inputs=[
-                model_box,
-                class_box,
-                order_box,
-                seed_box,
-                *sampler_boxes,
-                speed_box,
-                runtime_box,
-            ],
-            outputs=[status, *panels, animation, order_plot, stats_plot],
+            inputs=inputs,
+            outputs=[status, live, finals, animation, order_plot, stats_plot],
+            validator=check_inputs,
+            preprocess=False,
             api_name="generate",
         )
-        stop.click(None, cancels=[run])
+        stop.click(stop_run, None, None, queue=False, **private)
+        # One finished image, no streaming: what an MCP client (a tool call) wants.
+        single_order = gr.Dropdown(list(ORDER_NAMES), value="raster", visible=False)
+        still = gr.Image(visible=False, format="png")
+        gr.Button(visible=False).click(
+            generate_image,
+            [model_box, class_box, single_order, seed_box],
+            still,
+            preprocess=False,
+            api_name="generate_image",
+        )
+        demo.load(fill_defaults, [model_box, runtime_box, *sampler_boxes], sampler_boxes, **private)
         gr.on(
-            [demo.load, model_box.change, runtime_box.change],
+            [model_box.change, runtime_box.change],
             select_model,
             [model_box, runtime_box, class_box],
             [class_box, *sampler_boxes],
@@ -292,10 +450,11 @@ def create_demo(model: str | None = None) -> gr.Blocks:
         )
         class_dice.click(random_class, [model_box, runtime_box, class_box], class_box, **private)
         seed_dice.click(random_seed, None, seed_box, **private)
-        order_box.change(panel_layout, order_box, panels, **private)
+        order_box.change(blank_panels, [model_box, order_box, runtime_box], live, **private)
     demo.queue(default_concurrency_limit=2)
     return demo
 
 
 if __name__ == "__main__":
+    print(f"RAR Studio on {CACHE.device}; generation runs through {GPU_CALLS}", flush=True)
     create_demo().launch(**LAUNCH_OPTIONS)

@@ -84,10 +84,14 @@ ORDERS: dict[str, OrderFn] = {
 ORDER_NAMES: tuple[str, ...] = tuple(ORDERS)
 
 
-def make_order(name: str, height: int, width: int, seed: int | None = None) -> torch.Tensor:
-    """Build the named order for a height x width grid; ``seed`` only affects "random"."""
+def check_order_name(name: str) -> None:
     if name not in ORDERS:
         raise ValueError(f"unknown order {name!r}; valid names: {', '.join(ORDER_NAMES)}")
+
+
+def make_order(name: str, height: int, width: int, seed: int | None = None) -> torch.Tensor:
+    """Build the named order for a height x width grid; ``seed`` only affects "random"."""
+    check_order_name(name)
     if height < 1 or width < 1:
         raise ValueError(f"grid must be at least 1x1, got {height}x{width}")
     generator = torch.Generator()

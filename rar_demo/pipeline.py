@@ -49,6 +49,10 @@ class Pipeline:
         return self.executor.device
 
     @property
+    def num_steps(self) -> int:
+        return self.generator.config.image_seq_len
+
+    @property
     def grid(self) -> tuple[int, int]:
         side = self.generator.config.grid_size
         return side, side

@@ -1,10 +1,10 @@
 """The studio's engine, free of UI code: models, request checking, paced frames, results.
 
 app.py maps these onto Gradio components; everything here runs, and is tested, without a
-browser or a server. A run is one batched `Pipeline.stream`; the sampler may take far more or
-far fewer steps per second than a browser can show, so steps are paced to the requested speed
-and coalesced into at most MAX_FPS frames, each frame costing at most a bounded share of the
-wall clock in decoding.
+browser or a server. A run is one batched `Pipeline.stream` in a thread of its own, paced to
+the requested speed and never waiting for a frame; the caller pulls frames of the newest
+canvas as fast as it can show them, at most MAX_FPS a second, each frame costing at most a
+bounded share of the wall clock in decoding.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from torch import Tensor
 
 from . import plots
 from .config import SamplingConfig
+from .orders import check_order_name
 from .pipeline import Pipeline, load_pipeline
 from .registry import MODEL_NAMES, RUNTIMES, spec
 from .render import (
@@ -38,10 +40,12 @@ from .render import (
     sheet,
     to_uint8,
 )
+from .sampler import StepEvent, generate
 
+T = TypeVar("T")
 MAX_ORDERS = 4
 MAX_FPS = 25.0
-DECODE_SHARE = 0.25  # full decodes may take at most this share of a run's wall clock
+DECODE_SHARE = 0.1  # full decodes may take at most this share of a run's wall clock
 ANIMATION_FRAMES = 64  # recorded frames per run, spread evenly over the steps
 ANIMATION_DIR = Path(tempfile.gettempdir()) / "rar-studio"
 ANIMATION_TTL_S = 3600.0
@@ -93,6 +97,10 @@ class ModelCache:
         # One lock per pipeline: a long download or export never blocks generating with another.
         with self._guard:
             return self._locks.setdefault(key, threading.Lock())
+
+    def put(self, name: str, runtime: str, pipe: Pipeline) -> None:
+        """Serves `pipe` as that model (benchmarks: random weights at a real size)."""
+        self._pipelines[name, runtime] = pipe
 
     def has(self, name: str, runtime: str = "torch") -> bool:
         """Whether that pipeline is loaded already (get() returns at once)."""
@@ -156,13 +164,30 @@ class Request:
         return self.class_name.split(",")[0]  # ImageNet names list synonyms after a comma
 
 
-def _number(label: str, value: float | None, bounds: tuple[float, float]) -> float:
+class InputError(ValueError):
+    """A bad request input: `field` names the input (an API parameter name) it is about."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _number(field: str, label: str, value: object, bounds: tuple[float, float]) -> float:
     lo, hi = bounds
     if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise ValueError(f"{label} must be a number, got {value!r}")
+        raise InputError(field, f"{label} must be a number, got {value!r}")
     if not lo <= value <= hi:
-        raise ValueError(f"{label} must be between {lo} and {hi}, got {value}")
+        raise InputError(field, f"{label} must be between {lo} and {hi}, got {value}")
     return value
+
+
+def _field(field: str, check: Callable[[], T]) -> T:
+    try:
+        return check()
+    except InputError:
+        raise
+    except ValueError as err:
+        raise InputError(field, str(err)) from None
 
 
 def parse(
@@ -170,49 +195,60 @@ def parse(
     model: str,
     class_name: str | int | None,
     orders: list[str] | tuple[str, ...] | None,
-    seed: int | float,
+    seed: object,
     cfg_scale: float | None = None,
     cfg_power: float | None = None,
     temperature: float | None = None,
     top_k: int | None = None,
     speed: float = DEFAULT_SPEED,
     runtime: str = "torch",
-) -> Request:
-    """Checks raw inputs (loading the model if needed) into a Request, or raises ValueError
-    (or hub.WeightsUnavailable) with a message meant for the user. Sampler settings left
-    as None take the model's own defaults; top_k 0 turns top-k filtering off."""
+    load: bool = True,
+) -> Request | None:
+    """Checks raw inputs into a Request, or raises InputError (naming the input) or
+    hub.WeightsUnavailable with a message meant for the user. Sampler settings left as None
+    take the model's own defaults; top_k 0 turns top-k filtering off. With load False, a model
+    not loaded yet is not loaded: only what needs no model is checked, and None returned."""
+    entry = _field("model", lambda: spec(model))
+    _field("runtime", lambda: entry.check_runtime(runtime))
     orders = tuple(orders or ())
+    if not orders:
+        raise InputError("orders", "choose at least one generation order")
     if len(orders) > MAX_ORDERS:
-        raise ValueError(f"choose at most {MAX_ORDERS} orders, got {len(orders)}")
+        raise InputError("orders", f"choose at most {MAX_ORDERS} orders, got {len(orders)}")
     if len(set(orders)) < len(orders):
-        raise ValueError("each order can be chosen only once")
-    seed = _number("seed", seed, SEED_RANGE)
+        raise InputError("orders", "each order can be chosen only once")
+    for name in orders:
+        _field("orders", lambda name=name: check_order_name(name))
+    seed = _number("seed", "seed", seed, SEED_RANGE)
     if seed != int(seed):
-        raise ValueError(f"seed must be a whole number, got {seed}")
-    speed = _number("speed", speed, SPEED_RANGE)
-
-    pipe = cache.get(model, runtime)
-    permutations = pipe.orders(orders, int(seed))  # checks the names
-    class_id = pipe.class_id(class_name if class_name is not None else "")
-    default = pipe.sampling
+        raise InputError("seed", f"seed must be a whole number, got {seed}")
+    speed = _number("speed", "speed", speed, SPEED_RANGE)
+    default = entry.sampling
     sampling = default.with_(
         guidance_scale=default.guidance_scale
         if cfg_scale is None
-        else _number("CFG scale", cfg_scale, CFG_RANGE),
+        else _number("cfg_scale", "CFG scale", cfg_scale, CFG_RANGE),
         guidance_power=default.guidance_power
         if cfg_power is None
-        else _number("CFG power", cfg_power, CFG_POWER_RANGE),
+        else _number("cfg_power", "CFG power", cfg_power, CFG_POWER_RANGE),
         temperature=default.temperature
         if temperature is None
-        else _number("temperature", temperature, TEMPERATURE_RANGE),
-        top_k=default.top_k if top_k is None else int(_number("top-k", top_k, TOP_K_RANGE)) or None,
+        else _number("temperature", "temperature", temperature, TEMPERATURE_RANGE),
+        top_k=default.top_k
+        if top_k is None
+        else int(_number("top_k", "top-k", top_k, TOP_K_RANGE)) or None,
     )
+    if not load and not cache.has(model, runtime):
+        return None
+
+    pipe = cache.get(model, runtime)
+    class_id = _field("class_name", lambda: pipe.class_id("" if class_name is None else class_name))
     return Request(
         model,
         class_id,
         pipe.class_names[class_id],
         orders,
-        permutations,
+        pipe.orders(orders, int(seed)),
         int(seed),
         sampling,
         float(speed),
@@ -232,40 +268,81 @@ class Update:
     """One state of the outputs: each field a new value, None to clear it, or KEEP."""
 
     status: str
-    panels: dict[str, np.ndarray] | Keep = KEEP  # order name -> (H, W, 3) uint8
+    panels: dict[str, np.ndarray] | Keep = KEEP  # order name -> (H, W, 3) uint8, shown live
+    finals: dict[str, np.ndarray] | Keep | None = KEEP  # the finished images, to keep
     animation: str | Keep | None = KEEP  # a file path
     order_plot: Figure | Keep | None = KEEP
     stats_plot: Figure | Keep | None = KEEP
 
 
 class Pacer:
-    """Holds steps back to `steps_per_s` and lets at most `max_fps` of them become frames."""
+    """Holds steps back to `steps_per_s`."""
 
     def __init__(
         self,
         steps_per_s: float,
-        max_fps: float = MAX_FPS,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.step_s, self.frame_s = 1 / steps_per_s, 1 / max_fps
+        self.step_s = 1 / steps_per_s
         self.clock, self.sleep = clock, sleep
         self.start = clock()
-        self.last_frame = -math.inf
 
-    def frame_due(self, step: int) -> bool:
-        """Waits until step `step` (0-based) is due, then says whether to show it."""
+    def wait(self, step: int) -> None:
+        """Returns once step `step` (0-based) is due."""
         now = self.clock()
         # Time lost to a slow model is not made up for later by bursting through steps.
         self.start = max(self.start, now - (step + 1) * self.step_s)
         lead = self.start + (step + 1) * self.step_s - now
         if lead > 0:
             self.sleep(lead)
-            now = self.clock()
-        if now - self.last_frame >= self.frame_s:
-            self.last_frame = now
-            return True
-        return False
+
+
+class Sampling(threading.Thread):
+    """A run's sampler, paced, in a thread of its own: the newest event, every step's
+    probability and entropy, and whether it has finished (or failed, or was stopped)."""
+
+    def __init__(self, stream: Iterator[StepEvent], steps_per_s: float) -> None:
+        super().__init__(daemon=True, name="rar-sampling")
+        self.stream, self.pacer = stream, Pacer(steps_per_s)
+        self.stop = threading.Event()
+        self.latest: StepEvent | None = None
+        self.probs: list[Tensor] = []
+        self.entropy: list[Tensor] = []
+        self.error: BaseException | None = None
+        self.finished = False
+        self._changed = threading.Condition()
+
+    def run(self) -> None:
+        try:
+            for event in self.stream:
+                self.probs.append(event.probs)
+                self.entropy.append(event.entropy)
+                self.pacer.wait(event.step)
+                with self._changed:
+                    self.latest = event
+                    self._changed.notify_all()
+                if self.stop.is_set():
+                    break
+        except BaseException as err:  # handed to the consumer, which raises it
+            self.error = err
+        finally:
+            self.stream.close()  # the sampler's KV cache goes with it
+            with self._changed:
+                self.finished = True
+                self._changed.notify_all()
+
+    def newer_than(self, step: int, timeout: float | None = None) -> StepEvent | None:
+        """Waits for an event past `step` (or the end); returns the newest, None if none."""
+        with self._changed:
+            self._changed.wait_for(
+                lambda: self.finished or (self.latest and self.latest.step > step), timeout
+            )
+            return self.latest
+
+    def wait_finished(self, timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self.finished, max(0.0, timeout))
 
 
 class Renderer:
@@ -317,66 +394,105 @@ def _describe(request: Request) -> str:
 
 
 def _animation_path(request: Request) -> Path:
-    """A fresh file for a run's animation; old runs' files are swept away here."""
-    ANIMATION_DIR.mkdir(parents=True, exist_ok=True)
+    """A fresh file for a run's animation (short name, unique folder); old runs' files are
+    swept away here."""
     cutoff = time.time() - ANIMATION_TTL_S
-    for old in ANIMATION_DIR.glob("*.webp"):
+    for old in ANIMATION_DIR.glob("*/*.webp"):
         if old.stat().st_mtime < cutoff:
             old.unlink(missing_ok=True)
-    slug = re.sub(r"[^a-z0-9]+", "-", request.short_name.lower()).strip("-")
-    return ANIMATION_DIR / f"{slug}-{request.seed}-{uuid.uuid4().hex[:6]}.webp"
+            old.parent.rmdir()
+    slug = re.sub(r"[^a-z0-9]+", "-", request.short_name.lower()).strip("-")[:24]
+    folder = ANIMATION_DIR / uuid.uuid4().hex[:12]
+    folder.mkdir(parents=True)
+    return folder / f"{slug}-{request.seed}.webp"
 
 
-def run(cache: ModelCache, request: Request) -> Iterator[Update]:
-    """Streams a request: a blank first update, paced frames, the final images, then the
-    animation and plots. Closing the iterator stops the sampler at once."""
+def still(cache: ModelCache, request: Request) -> np.ndarray:
+    """The request's first panel, finished, as one (H, W, 3) uint8 image upscaled to about
+    256 px: no frames, no pacing (the sampler's non-streaming path)."""
+    pipe = cache.get(request.model, request.runtime)
+    orders = request.permutations[:1]
+    labels = torch.full((1,), request.class_id, dtype=torch.long)
+    canvas = generate(pipe.executor, labels, orders, request.sampling, request.seed)
+    image = to_uint8(pipe.decode(canvas))[0]
+    scale = display_scale(image.shape[0])
+    return image.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
+def run(
+    cache: ModelCache,
+    request: Request,
+    stop: threading.Event | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Iterator[Update]:
+    """Streams a request: a blank first update, frames of the newest canvas (at most MAX_FPS a
+    second, however fast the sampler runs beside it), then one update with everything: final
+    images, animation, plots. Setting `stop` ends the run with a "Stopped" update; closing the
+    iterator stops the sampler at once."""
     pipe = cache.get(request.model, request.runtime)
     names = request.orders
-    grid = pipe.grid
     render = Renderer(cache, pipe)
     about = _describe(request)
+    order_plot = plots.order_heatmaps(names, request.permutations, pipe.grid)
     yield Update(
         status=f"**Starting** · {about}",
         panels=dict(zip(names, render.blank(len(names)), strict=True)),
+        finals=None,
         animation=None,
-        order_plot=plots.order_heatmaps(names, request.permutations, grid),
+        order_plot=order_plot,
         stats_plot=None,
     )
 
-    start = time.monotonic()
-    pacer = Pacer(request.speed)
-    probs, entropy, recorded = [], [], []  # per step; (step, frames) for the animation
-    stream = pipe.stream(request.class_id, request.permutations, request.seed, request.sampling)
+    start = clock()
+    sampling = Sampling(
+        pipe.stream(request.class_id, request.permutations, request.seed, request.sampling),
+        request.speed,
+    )
+    recorded: list[tuple[int, np.ndarray]] = []  # (steps filled, frames) for the animation
+    shown = -1
+    sampling.start()
     try:
-        for event in stream:
-            probs.append(event.probs)
-            entropy.append(event.entropy)
-            if event.done or not pacer.frame_due(event.step):
-                continue
+        while not sampling.finished and not (stop is not None and stop.is_set()):
+            event = sampling.newer_than(shown, timeout=0.1)  # wakes to check `stop`
+            if event is None or event.step <= shown or event.done:
+                continue  # the last step shows as the final images
+            frame_start = clock()
             frames = render(event.canvas, event.positions)
-            filled = event.step + 1
+            shown = filled = event.step + 1
             if not recorded or filled - recorded[-1][0] >= event.num_steps / ANIMATION_FRAMES:
                 recorded.append((filled, frames))
             yield Update(
                 status=f"**Step {filled} / {event.num_steps}** · {about}",
                 panels=dict(zip(names, frames, strict=True)),
             )
+            # At most MAX_FPS frames: what the browser could not show anyway.
+            sampling.wait_finished(1 / MAX_FPS - (clock() - frame_start))
     finally:
-        stream.close()  # the sampler's KV cache goes with it
+        sampling.stop.set()
+        sampling.join()
+    if sampling.error is not None:
+        raise sampling.error
 
+    event, seconds = sampling.latest, clock() - start
+    if event is None or not event.done:
+        taken = 0 if event is None else event.step + 1
+        yield Update(status=f"**Stopped at step {taken} / {pipe.num_steps}** · {about}")
+        return
+    stats = plots.step_curves(names, torch.stack(sampling.probs), torch.stack(sampling.entropy))
     finals = to_uint8(pipe.decode(event.canvas))
-    seconds = time.monotonic() - start
+    final_panels = dict(zip(names, finals, strict=True))
     summary = f"**Done**: {event.num_steps} steps in {seconds:.1f} s · {about}"
-    yield Update(
-        status=f"{summary} · preparing the animation…",
-        panels=dict(zip(names, finals, strict=True)),
-    )
+    yield Update(status=f"{summary} · preparing the animation…", panels=final_panels)
 
     scale = display_scale(finals.shape[1])
     sheets = [sheet(f, names, scale, f"step {s} / {event.num_steps}") for s, f in recorded]
     sheets.append(sheet(finals, names, scale, f"{request.short_name}, seed {request.seed}"))
+    # Everything at once: an API client's result() is this last update.
     yield Update(
         status=summary,
+        panels=final_panels,
+        finals=final_panels,
         animation=str(save_animation(sheets, _animation_path(request))),
-        stats_plot=plots.step_curves(names, torch.stack(probs), torch.stack(entropy)),
+        order_plot=order_plot,
+        stats_plot=stats,
     )

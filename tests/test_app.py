@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import itertools
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,6 +34,22 @@ def url() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def client(url: str) -> Client:
     return Client(url, verbose=False, analytics_enabled=False)
+
+
+DATA_URI = re.compile(r'src="data:image/\w+;base64,([^"]+)"')
+
+
+def _panels(out: tuple) -> list[np.ndarray]:
+    """The live panels of an update (its HTML's inline images), in order."""
+    return [
+        np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"))
+        for b64 in DATA_URI.findall(out[1])
+    ]
+
+
+def _finals(out: tuple) -> list[np.ndarray]:
+    images = [item["image"] for item in out[2]]
+    return [_image(i if isinstance(i, str) else i["path"]) for i in images]
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +81,17 @@ def test_generation_streams_many_changing_frames(run_outputs: list[tuple]) -> No
     numbers = [s for s, _ in steps]
     assert numbers == sorted(set(numbers)) and numbers[-1] < 256
     for (_, before), (_, after) in itertools.pairwise(steps):
-        for panel in (1, 2):  # raster, random: each frame shows at least one new token
-            assert not np.array_equal(_image(before[panel]), _image(after[panel]))
-    assert run_outputs[0][3] is None and run_outputs[0][4] is None  # panels 3 and 4 unused
+        old, new = _panels(before), _panels(after)
+        assert len(old) == len(new) == 2  # raster, random
+        for a, b in zip(old, new, strict=True):  # each frame shows at least one new token
+            assert not np.array_equal(a, b)
+    first = run_outputs[0]
+    assert not first[2] and first[3] is None  # the last run's results are cleared
 
 
 def test_halfway_raster_frame_shows_done_rows_above_pending_rows(run_outputs: list[tuple]) -> None:
     step, out = min(_steps(run_outputs), key=lambda s: abs(s[0] - 128))
-    frame = _image(out[1])  # the raster panel, 64 x 64: 16 x 16 cells of 4 px
+    frame = _panels(out)[0]  # the raster panel, 64 x 64: 16 x 16 cells of 4 px
     cell = frame.shape[0] // 16
     full_rows = step // 16  # raster: rows above this are complete, rows below untouched
     top = frame[: full_rows * cell]
@@ -83,20 +105,45 @@ def test_halfway_raster_frame_shows_done_rows_above_pending_rows(run_outputs: li
     assert tuple(frame[row * cell, col * cell]) == HIGHLIGHT
 
 
-def test_run_ends_with_distinct_finals_an_animation_and_plots(run_outputs: list[tuple]) -> None:
-    *_, finals, last = run_outputs
-    assert last[0].startswith("**Done**")
-    raster, random = _image(finals[1]), _image(finals[2])
+def test_the_result_holds_distinct_finals_an_animation_and_plots(client: Client) -> None:
+    """What a client that only asks for the result gets: everything, not "update" markers."""
+    result = client.predict(
+        model="bundled",
+        class_name="Animals & Nature",
+        orders=ORDERS,
+        seed=0,
+        speed=studio.SPEED_RANGE[1],
+        api_name="/generate",
+    )
+    assert result[0].startswith("**Done**")
+    raster, random = _finals(result)
+    assert [item["caption"] for item in result[2]] == ORDERS
     assert raster.shape == random.shape == (64, 64, 3)
     assert not np.array_equal(raster, random)
     lo, hi = PENDING_BAND
     assert not ((raster >= lo) & (raster <= hi)).all()  # finals are not greyed
-    with Image.open(last[5]) as animation:
+    live = _panels(result)  # the live panels end on the finals, unhatched
+    assert len(live) == 2 and all(map(np.array_equal, live, (raster, random)))
+    with Image.open(result[3]) as animation:
         assert animation.format == "WEBP" and animation.n_frames > 20
-    order_plot = run_outputs[0][6]
-    stats_plot = last[7]
-    for plot in (order_plot, stats_plot):
+    for plot in result[4:]:  # order heatmaps, per-step confidence
         assert plot["type"] == "matplotlib" and plot["plot"].startswith("data:image/png")
+
+
+def test_a_run_leaves_a_handful_of_files_in_gradios_cache(client: Client) -> None:
+    from gradio.utils import get_upload_folder
+
+    def files() -> set[Path]:
+        return {p for p in Path(get_upload_folder()).rglob("*") if p.is_file()}
+
+    before = files()
+    job = client.submit(
+        model="bundled", class_name="Flags", orders=ORDERS, seed=5, speed=512, api_name="/generate"
+    )
+    job.result(timeout=300)
+    assert len(_steps(job.outputs())) >= 20
+    added = files() - before
+    assert 0 < len(added) <= 6, sorted(p.name for p in added)  # finals and the animation
 
 
 def test_class_by_id_and_sampler_overrides_work(client: Client) -> None:
@@ -156,10 +203,8 @@ def test_the_onnx_runtime_paints_the_same_picture(
     }
     runs = []  # (final panel, last status) of each runtime
     for runtime in ("torch", "onnx"):
-        job = client.submit(**inputs, runtime=runtime)
-        job.result(timeout=300)
-        *_, finals, last = job.outputs()
-        runs.append((_image(finals[1]), last[0]))
+        result = client.submit(**inputs, runtime=runtime).result(timeout=300)
+        runs.append((_finals(result)[0], result[0]))
     (torch_image, torch_status), (onnx_image, onnx_status) = runs
     assert onnx_status.startswith("**Done**") and "· onnx" in onnx_status
     assert "onnx" not in torch_status
@@ -206,3 +251,77 @@ def test_the_api_is_named_and_documents_its_parameters(client: Client) -> None:
         assert optional[name]["parameter_default"] is None  # None = the model's default
     assert optional["speed"]["parameter_default"] == studio.DEFAULT_SPEED
     assert optional["runtime"]["parameter_default"] == "torch"
+
+
+def test_the_mcp_server_offers_an_image_tool(url: str) -> None:
+    import asyncio
+
+    import httpx
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamablehttp_client
+
+    tools = {t["name"]: t for t in httpx.get(f"{url}gradio_api/mcp/schema").json()}
+    tool = tools["generate_image"]
+    assert "Returns: The generated image" in tool["description"]
+    assert set(tool["inputSchema"]["properties"]) == {"model", "class_name", "order", "seed"}
+
+    async def call() -> list:
+        async with (
+            streamablehttp_client(f"{url}gradio_api/mcp/") as (read, write, _),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            arguments = {"model": "bundled", "class_name": "Flags", "order": "spiral", "seed": 1}
+            return (await session.call_tool("generate_image", arguments)).content
+
+    content = asyncio.run(call())
+    images = [c for c in content if c.type == "image"]
+    assert len(images) == 1 and images[0].mimeType.startswith("image/")
+    with Image.open(io.BytesIO(base64.b64decode(images[0].data))) as image:
+        assert image.size == (256, 256)
+
+
+def test_the_app_starts_as_a_space_does(tmp_path) -> None:
+    """`python app.py` with the real `spaces` package and a Space's environment: one
+    generation through the spaces.GPU-decorated path (on the bundled model: no download)."""
+    pytest.importorskip("spaces")
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "SPACE_ID": "rar-studio/demo",
+        "SYSTEM": "spaces",
+        "RAR_DEMO_MODEL": "bundled",  # the Space's default, rar_b, cannot be fetched here
+        "GRADIO_SERVER_PORT": str(port),
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+    }
+    root = Path(__file__).resolve().parents[1]
+    log = (tmp_path / "space.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "app.py"], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, (tmp_path / "space.log").read_text()
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert time.monotonic() < deadline, "the app did not start"
+            time.sleep(0.5)
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
+        status = client.predict(
+            model="bundled", class_name="Flags", orders=["raster"], seed=0, speed=512,
+            api_name="/generate",
+        )[0]  # fmt: skip
+        assert status.startswith("**Done**")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert "generation runs through spaces.GPU" in (tmp_path / "space.log").read_text()

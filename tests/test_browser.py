@@ -6,13 +6,16 @@ only reach the app itself: every other request is aborted, so nothing touches th
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
 import pytest
-from conftest import STEP, serve  # the same in-process server as the API tests
+from conftest import serve  # the same in-process server as the API tests
+from PIL import Image
 from playwright.sync_api import Page, Route, expect, sync_playwright
 
 from rar_demo.orders import ORDER_NAMES
@@ -64,7 +67,7 @@ def _choose(page: Page, class_name: str, orders: list[str], speed: int) -> None:
 
 def test_generation_animates_the_panels_then_shows_results(page: Page) -> None:
     _choose(page, "Food & Drink", ["raster", "spiral"], speed=32)  # ~8 s: time to watch
-    panels = page.locator(".panel:visible")
+    panels = page.locator(".panel")
     expect(panels).to_have_count(2)
     expect(panels.first).to_contain_text("raster")
     expect(panels.last).to_contain_text("spiral")
@@ -95,9 +98,39 @@ def test_stop_ends_a_run_at_once(page: Page, count_steps: list[int]) -> None:
     status = page.locator("#status")
     expect(status).to_contain_text("Step", timeout=60_000)
     page.get_by_role("button", name="Stop").click()
-    time.sleep(1.0)
-    # Only the step counter: Gradio 6.31 sometimes badges a cancelled event's outputs "Error".
-    shown, taken = STEP.search(status.inner_text()).group(), len(steps)
+    expect(status).to_contain_text("Stopped at step", timeout=10_000)
+    shown, taken = status.inner_text(), len(steps)
     time.sleep(1.5)  # a live run would take ~12 more steps
-    assert STEP.search(status.inner_text()).group() == shown
+    assert status.inner_text() == shown and f"Stopped at step {taken} / 256" in shown
     assert 0 < taken < 256 and len(steps) == taken
+    expect(page.get_by_text("Error")).to_have_count(0)  # no red badges on the outputs
+
+
+def test_a_bad_input_is_shown_by_its_field_and_keeps_the_results(page: Page) -> None:
+    _choose(page, "Flags", ["raster"], speed=512)
+    page.get_by_role("button", name="Generate").click()
+    status = page.locator("#status")
+    expect(status).to_contain_text("Done", timeout=60_000)
+    before = page.locator(".panel img").first.get_attribute("src")
+    seed = page.get_by_label("Seed")
+    seed.fill("1.5")
+    page.get_by_role("button", name="Generate").click()
+    expect(page.get_by_text("seed must be a whole number")).to_be_visible(timeout=10_000)
+    time.sleep(1.0)
+    expect(status).to_contain_text("Done")  # the last run's results stay
+    assert page.locator(".panel img").first.get_attribute("src") == before
+
+
+def test_generate_clears_the_panels_at_once(page: Page) -> None:
+    _choose(page, "Flags", ["raster"], speed=512)
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#animation")).to_contain_text(".webp", timeout=60_000)  # all done
+    _choose(page, "Flags", ["raster", "spiral"], speed=16)
+    panels = page.locator(".panel")
+    expect(panels).to_have_count(2)
+    page.get_by_role("button", name="Generate").click()
+    # Within a moment both panels are pending (hatched, light), not the last run's picture.
+    time.sleep(0.5)
+    for panel in panels.all():
+        pixels = np.asarray(Image.open(io.BytesIO(panel.locator("img").screenshot())))[..., :3]
+        assert pixels.mean() > 150, "a panel still shows an earlier picture"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 import time
 
@@ -32,32 +33,20 @@ class FakeClock:
 
 def test_pacer_holds_steps_to_the_requested_speed() -> None:
     clock = FakeClock()
-    pacer = studio.Pacer(steps_per_s=10, max_fps=1000, clock=clock, sleep=clock.sleep)
-    shown = [pacer.frame_due(step) for step in range(5)]  # an infinitely fast model
-    assert shown == [True] * 5
+    pacer = studio.Pacer(steps_per_s=10, clock=clock, sleep=clock.sleep)
+    for step in range(5):  # an infinitely fast model
+        pacer.wait(step)
     assert clock.now == pytest.approx(0.5)  # 5 steps at 10 steps/s
-
-
-def test_pacer_coalesces_a_fast_model_into_at_most_max_fps_frames() -> None:
-    clock = FakeClock()
-    pacer = studio.Pacer(steps_per_s=1e6, max_fps=25, clock=clock, sleep=clock.sleep)
-    frames = []
-    for step in range(1000):  # 1000 steps of 1 ms each
-        clock.now += 0.001
-        if pacer.frame_due(step):
-            frames.append(step)
-    assert 24 <= len(frames) <= 26  # one second: ~25 frames
-    assert min(np.diff(frames)) >= 39  # frames at least 40 ms apart
 
 
 def test_pacer_does_not_burst_to_make_up_for_a_slow_step() -> None:
     clock = FakeClock()
-    pacer = studio.Pacer(steps_per_s=10, max_fps=1000, clock=clock, sleep=clock.sleep)
-    pacer.frame_due(0)
+    pacer = studio.Pacer(steps_per_s=10, clock=clock, sleep=clock.sleep)
+    pacer.wait(0)
     clock.now += 2.0  # the model stalls for two seconds
-    pacer.frame_due(1)
+    pacer.wait(1)
     before = clock.now
-    pacer.frame_due(2)
+    pacer.wait(2)
     assert clock.now - before == pytest.approx(0.1)  # still one step per 0.1 s
 
 
@@ -114,10 +103,32 @@ def test_parse_fills_model_defaults_and_checks_ranges(cache: studio.ModelCache) 
     tuned = studio.parse(cache, "bundled", "Flags", ORDERS, 7, cfg_scale=5, top_k=0)
     assert tuned.sampling.guidance_scale == 5 and tuned.sampling.top_k is None
     assert studio.parse(cache, "bundled", "Flags", ORDERS, 7, top_k=40).sampling.top_k == 40
-    with pytest.raises(ValueError, match="each order"):
+    with pytest.raises(studio.InputError, match="each order") as err:
         studio.parse(cache, "bundled", "Flags", ["raster", "raster"], 7)
-    with pytest.raises(ValueError, match="temperature"):
+    assert err.value.field == "orders"
+    with pytest.raises(studio.InputError, match="temperature") as err:
         studio.parse(cache, "bundled", "Flags", ORDERS, 7, temperature=0)
+    assert err.value.field == "temperature"
+    for seed in (1.5, "abc"):
+        with pytest.raises(studio.InputError, match="seed must be a") as err:
+            studio.parse(cache, "bundled", "Flags", ORDERS, seed)
+        assert err.value.field == "seed"
+    with pytest.raises(studio.InputError, match="unknown class") as err:
+        studio.parse(cache, "bundled", "volcano", ORDERS, 0)
+    assert err.value.field == "class_name"
+
+
+def test_parse_without_loading_checks_only_what_needs_no_model(
+    cache: studio.ModelCache,
+) -> None:
+    assert studio.parse(cache, "rar_xl", "volcano", ORDERS, 0, load=False) is None
+    assert not cache.has("rar_xl")
+    with pytest.raises(studio.InputError, match="seed") as err:
+        studio.parse(cache, "rar_xl", "volcano", ORDERS, -1, load=False)
+    assert err.value.field == "seed"
+    with pytest.raises(studio.InputError, match="int8") as err:
+        studio.parse(cache, "bundled", "Flags", ORDERS, 0, runtime="onnx int8", load=False)
+    assert err.value.field == "runtime"
 
 
 def test_default_model_follows_the_environment() -> None:
@@ -141,6 +152,32 @@ def test_examples_are_valid_for_their_model(cache: studio.ModelCache) -> None:
     for model, class_name, orders, seed in studio.examples("rar_b"):
         assert model == "rar_b" and class_name in imagenet
         assert 1 <= len(orders) <= studio.MAX_ORDERS and seed >= 0
+
+
+def test_a_run_shows_at_most_max_fps_frames_and_ends_with_everything(
+    cache: studio.ModelCache,
+) -> None:
+    request = studio.parse(cache, "bundled", 0, ORDERS, 0, speed=512)
+    start = time.monotonic()
+    updates = list(studio.run(cache, request))
+    seconds = time.monotonic() - start
+    frames = [u for u in updates if u.status.startswith("**Step")]
+    assert len(frames) >= 10 and len(frames) <= studio.MAX_FPS * seconds + 1
+    last = updates[-1]
+    assert last.status.startswith("**Done**")
+    assert set(last.finals) == set(ORDERS) and last.animation and last.stats_plot
+    assert last.order_plot is updates[0].order_plot  # the API's result() carries it too
+
+
+def test_stop_ends_a_run_where_it_is(cache: studio.ModelCache, count_steps: list[int]) -> None:
+    stop = threading.Event()
+    run = studio.run(cache, studio.parse(cache, "bundled", 0, ORDERS, 0, speed=64), stop)
+    next(run), next(run)
+    stop.set()
+    *_, last = run
+    taken = len(count_steps)
+    assert re.fullmatch(rf"\*\*Stopped at step {taken} / 256\*\* · .*", last.status)
+    assert last.panels is studio.KEEP and 0 < taken < 256  # the last frame stays
 
 
 def test_closing_a_run_stops_the_sampler(cache: studio.ModelCache, count_steps: list[int]) -> None:

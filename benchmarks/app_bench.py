@@ -1,0 +1,151 @@
+"""The app against its engine, on this machine: `python benchmarks/app_bench.py speed|load`.
+
+speed: for each case, the engine alone (the sampler streaming every step, in this process),
+then the same run through the served app and gradio_client at speed 512; one JSON line each
+with both wall times, their ratio, the frames shown per second and the files the run left
+in Gradio's cache. rar_b runs with random weights at the real size (nothing downloaded).
+
+load: N gradio_client jobs submitted at once (bundled, 2 orders, speed 512), each timed to
+its first frame and to its result; one JSON line per client and a summary. Everything stays
+on the loopback interface, and the run is bounded (N <= 32, a timeout per job).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+
+import torch  # noqa: E402
+from gradio.utils import get_upload_folder  # noqa: E402
+from gradio_client import Client  # noqa: E402
+
+import app  # noqa: E402
+from rar_demo.hub import random_models  # noqa: E402
+from rar_demo.pipeline import Pipeline, torch_executor  # noqa: E402
+from rar_demo.registry import imagenet_classes, spec  # noqa: E402
+
+ORDERS = ["raster", "random", "spiral", "checkerboard"]
+SPEED_CASES = [("bundled", 2), ("bundled", 4), ("rar_b", 1)]
+
+
+def cpu() -> dict:
+    flags = Path("/proc/cpuinfo").read_text()
+    model = next(ln.split(":", 1)[1].strip() for ln in flags.splitlines() if "model name" in ln)
+    isa = [f for f in ("avx512_vnni", "avx512f", "avx2", "amx_tile") if f" {f}" in flags]
+    return {"cpu": model, "isa": isa, "machine": platform.machine()}
+
+
+def _serve(model: str) -> str:
+    if model == "rar_b" and not app.CACHE.has("rar_b"):
+        generator, tokenizer = random_models("rar_b")
+        pipe = Pipeline(
+            spec("rar_b"), generator, tokenizer, imagenet_classes(), torch_executor(generator)
+        )
+        app.CACHE.put("rar_b", "torch", pipe)
+    demo = app.create_demo(model)
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **app.LAUNCH_OPTIONS)
+    return url
+
+
+def _files() -> int:
+    return sum(1 for p in Path(get_upload_folder()).rglob("*") if p.is_file())
+
+
+def speed() -> None:
+    for model, n in SPEED_CASES:
+        url = _serve(model)
+        pipe = app.CACHE.get(model)
+        orders = pipe.orders(ORDERS[:n], 0)
+        start = time.monotonic()
+        deque(pipe.stream(0, orders, 0), maxlen=1)
+        engine = time.monotonic() - start
+
+        client = Client(url, verbose=False, download_files=False)
+        files = _files()
+        start = time.monotonic()
+        job = client.submit(
+            model=model, class_name="0", orders=ORDERS[:n], seed=0, speed=512,
+            api_name="/generate",
+        )  # fmt: skip
+        job.result(timeout=1800)
+        api = time.monotonic() - start
+        frames = sum(1 for out in job.outputs() if out[0].startswith("**Step"))
+        row = {
+            "case": f"{model} x{n}",
+            "engine_s": round(engine, 2),
+            "api_s": round(api, 2),
+            "ratio": round(api / engine, 2),
+            "frames": frames,
+            "frames_per_s": round(frames / api, 1),
+            "cache_files": _files() - files,
+            "threads": torch.get_num_threads(),
+            **cpu(),
+            "date": time.strftime("%Y-%m-%d"),
+        }
+        print(json.dumps(row), flush=True)
+        app.gr.close_all()
+
+
+def load(clients: int) -> None:
+    if not 1 <= clients <= 32:
+        raise SystemExit("--clients must be 1 to 32")
+    url = _serve("bundled")
+    rows: list[dict] = []
+
+    def one(i: int, start: float) -> None:
+        client = Client(url, verbose=False, download_files=False)
+        job = client.submit(
+            model="bundled", class_name="Flags", orders=ORDERS[:2], seed=i, speed=512,
+            api_name="/generate",
+        )  # fmt: skip
+        first = None
+        for out in job:
+            if first is None and out[0].startswith("**Step"):
+                first = time.monotonic() - start
+        job.result(timeout=900)
+        rows.append({"client": i, "first_frame_s": first, "done_s": time.monotonic() - start})
+
+    start = time.monotonic()
+    threads = [threading.Thread(target=one, args=(i, start)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=900)
+    for row in sorted(rows, key=lambda r: r["client"]):
+        print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}))
+    firsts = sorted(r["first_frame_s"] for r in rows if r["first_frame_s"] is not None)
+    summary = {
+        "clients": clients,
+        "finished": len(rows),
+        "last_first_frame_s": round(firsts[-1], 2) if firsts else None,
+        "last_done_s": round(max(r["done_s"] for r in rows), 2) if rows else None,
+        **cpu(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    print(json.dumps(summary), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    sub.add_parser("speed")
+    p = sub.add_parser("load")
+    p.add_argument("--clients", type=int, default=12)
+    args = parser.parse_args()
+    if args.what == "speed":
+        speed()
+    else:
+        load(args.clients)
+
+
+if __name__ == "__main__":
+    main()
