@@ -57,7 +57,9 @@ CSS = """
 .gradio-container { overflow: clip !important; }
 .action-bar { position: sticky; top: 0; z-index: 100; background: var(--background-fill-primary); }
 @media (max-width: 640px) {
-  .action-bar { position: fixed; top: auto; bottom: 0; left: 0; right: 0; padding: 8px; }
+  .action-bar { position: fixed; top: auto; bottom: 0; left: 0; right: 0; padding: 8px;
+                flex-wrap: nowrap; }
+  .gradio-container { padding-bottom: 72px !important; }  /* room above the bar */
 }
 #status { min-height: 1.6em; }
 /* Live panels: small models make 64 px images, scaled up crisply. */
@@ -344,10 +346,9 @@ def create_demo(model: str | None = None) -> gr.Blocks:
             "with the same seed. Hatched cells are not generated yet; the pink square is the "
             "newest token."
         )
-        with gr.Row(elem_classes="action-bar", equal_height=True):
+        with gr.Row(elem_classes="action-bar"):
             go = gr.Button("Generate", variant="primary", scale=3)
             stop = gr.Button("Stop", variant="stop", scale=1)
-            status = gr.Markdown("Press **Generate**.", elem_id="status", container=False)
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
                 with gr.Row():
@@ -389,11 +390,12 @@ def create_demo(model: str | None = None) -> gr.Blocks:
                         temperature_box = _sampler_box("Temperature", step=0.01)
                         top_k_box = _sampler_box("Top-k (0 = off)", step=1, precision=0)
             with gr.Column(scale=3):
+                status = gr.Markdown("Press **Generate**.", elem_id="status", container=False)
                 live = gr.HTML(blank_panels(model, DEFAULT_ORDERS), elem_id="live", container=False)
                 finals = gr.Gallery(
                     label="Final images",
                     columns=4,
-                    height="auto",
+                    height=260,
                     object_fit="contain",
                     elem_id="finals",
                     format="png",  # lossless: the pictures as generated

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
 import sys
 import threading
 import time
@@ -69,16 +70,13 @@ def speed() -> None:
         deque(pipe.stream(0, orders, 0), maxlen=1)
         engine = time.monotonic() - start
 
-        client = Client(url, verbose=False, download_files=False)
         files = _files()
-        start = time.monotonic()
-        job = client.submit(
-            model=model, class_name="0", orders=ORDERS[:n], seed=0, speed=512,
-            api_name="/generate",
+        # The client in a process of its own, as any API user's is.
+        client = subprocess.run(
+            [sys.executable, __file__, "client", url, model, str(n)],
+            capture_output=True, text=True, check=True, timeout=1800,
         )  # fmt: skip
-        job.result(timeout=1800)
-        api = time.monotonic() - start
-        frames = sum(1 for out in job.outputs() if out[0].startswith("**Step"))
+        api, frames = json.loads(client.stdout.splitlines()[-1])
         row = {
             "case": f"{model} x{n}",
             "engine_s": round(engine, 2),
@@ -93,6 +91,17 @@ def speed() -> None:
         }
         print(json.dumps(row), flush=True)
         app.gr.close_all()
+
+
+def client(url: str, model: str, n: int) -> None:
+    """One run through the API at speed 512: prints [wall seconds, frames seen]."""
+    job = Client(url, verbose=False, download_files=False).submit(
+        model=model, class_name="0", orders=ORDERS[:n], seed=0, speed=512, api_name="/generate"
+    )
+    start = time.monotonic()
+    job.result(timeout=1800)
+    frames = sum(1 for out in job.outputs() if out[0].startswith("**Step"))
+    print(json.dumps([time.monotonic() - start, frames]))
 
 
 def load(clients: int) -> None:
@@ -140,9 +149,15 @@ def main() -> None:
     sub.add_parser("speed")
     p = sub.add_parser("load")
     p.add_argument("--clients", type=int, default=12)
+    p = sub.add_parser("client", help=argparse.SUPPRESS)
+    p.add_argument("url")
+    p.add_argument("model")
+    p.add_argument("n", type=int)
     args = parser.parse_args()
     if args.what == "speed":
         speed()
+    elif args.what == "client":
+        client(args.url, args.model, args.n)
     else:
         load(args.clients)
 

@@ -24,6 +24,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from PIL import Image
 from torch import Tensor
 
 from . import plots
@@ -45,7 +46,9 @@ from .sampler import StepEvent, generate
 T = TypeVar("T")
 MAX_ORDERS = 4
 MAX_FPS = 25.0
-DECODE_SHARE = 0.1  # full decodes may take at most this share of a run's wall clock
+# Full decodes may take at most this share of a run's wall clock: they run beside the sampler
+# on the same cores, and the preview patches between them are close to a decode anyway.
+DECODE_SHARE = 0.05
 ANIMATION_FRAMES = 64  # recorded frames per run, spread evenly over the steps
 ANIMATION_DIR = Path(tempfile.gettempdir()) / "rar-studio"
 ANIMATION_TTL_S = 3600.0
@@ -448,7 +451,8 @@ def run(
         pipe.stream(request.class_id, request.permutations, request.seed, request.sampling),
         request.speed,
     )
-    recorded: list[tuple[int, np.ndarray]] = []  # (steps filled, frames) for the animation
+    scale = display_scale(pipe.tokenizer.config.resolution)
+    recorded: list[tuple[int, Image.Image]] = []  # (steps filled, sheet): the animation
     shown = -1
     sampling.start()
     try:
@@ -460,7 +464,8 @@ def run(
             frames = render(event.canvas, event.positions)
             shown = filled = event.step + 1
             if not recorded or filled - recorded[-1][0] >= event.num_steps / ANIMATION_FRAMES:
-                recorded.append((filled, frames))
+                footer = f"step {filled} / {event.num_steps}"
+                recorded.append((filled, sheet(frames, names, scale, footer)))
             yield Update(
                 status=f"**Step {filled} / {event.num_steps}** · {about}",
                 panels=dict(zip(names, frames, strict=True)),
@@ -484,8 +489,7 @@ def run(
     summary = f"**Done**: {event.num_steps} steps in {seconds:.1f} s · {about}"
     yield Update(status=f"{summary} · preparing the animation…", panels=final_panels)
 
-    scale = display_scale(finals.shape[1])
-    sheets = [sheet(f, names, scale, f"step {s} / {event.num_steps}") for s, f in recorded]
+    sheets = [s for _, s in recorded]
     sheets.append(sheet(finals, names, scale, f"{request.short_name}, seed {request.seed}"))
     # Everything at once: an API client's result() is this last update.
     yield Update(
