@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from .backends import BACKENDS
-from .config import SamplingConfig
+from .config import SCHEDULES, SamplingConfig
 from .hub import WeightsUnavailable
 from .orders import ORDER_NAMES
 from .pipeline import DTYPES, Pipeline, load_pipeline
@@ -26,6 +26,8 @@ def _sampling(pipe: Pipeline, args: argparse.Namespace) -> SamplingConfig:
         "temperature": args.temperature,
         "top_k": args.top_k,
         "top_p": args.top_p,
+        "steps": args.steps,
+        "schedule": args.schedule,
     }
     config = pipe.sampling.with_(**{k: v for k, v in overrides.items() if v is not None})
     return config.with_(greedy=True) if args.greedy else config
@@ -100,6 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--top-k", type=int)
     gen.add_argument("--top-p", type=float)
     gen.add_argument("--greedy", action="store_true", help="always take the likeliest token")
+    gen.add_argument(
+        "--steps",
+        type=int,
+        help="sampler steps (default: one per token); fewer generate several tokens per step",
+    )
+    gen.add_argument(
+        "--schedule", choices=SCHEDULES, help="tokens per step with --steps (default constant)"
+    )
     gen.add_argument(
         "--scale", type=int, default=None, help="pixel upscaling of the sheet (default: to 256 px)"
     )

@@ -144,6 +144,9 @@ class VQGANConfig:
         return self.resolution // self.downsample_factor
 
 
+SCHEDULES: tuple[str, ...] = ("constant", "cosine")  # tokens per step, see sampler
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """How to pick each token. guidance_scale 0 disables classifier-free guidance."""
@@ -154,6 +157,8 @@ class SamplingConfig:
     top_k: int | None = None
     top_p: float | None = None
     greedy: bool = False
+    steps: int | None = None  # sampler steps; None: one per token. Fewer: several per step
+    schedule: str = "constant"  # how many tokens each step takes: one of SCHEDULES
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
@@ -166,6 +171,12 @@ class SamplingConfig:
             raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1] or None, got {self.top_p}")
+        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
+            raise ValueError(f"steps must be a positive whole number or None, got {self.steps}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(
+                f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}"
+            )
 
     def with_(self, **changes: Any) -> SamplingConfig:
         return replace(self, **changes)

@@ -104,26 +104,56 @@ def prefill_inputs(config: RARConfig, labels: Tensor, first_positions: Tensor) -
     )
 
 
-def decode_inputs(tokens: Tensor, positions: Tensor, next_positions: Tensor) -> SlotInputs:
-    """One slot: the (B,) tokens just generated at raster `positions`, told what comes next."""
+def cat_inputs(*parts: SlotInputs) -> SlotInputs:
+    """Slot inputs side by side along N."""
     return SlotInputs(
-        ids=tokens[:, None],
-        pos_rows=(PREFIX + positions)[:, None],
-        target_rows=(PREFIX + next_positions)[:, None],
+        ids=torch.cat([p.ids for p in parts], dim=1),
+        pos_rows=torch.cat([p.pos_rows for p in parts], dim=1),
+        target_rows=torch.cat([p.target_rows for p in parts], dim=1),
     )
+
+
+def query_inputs(last: SlotInputs, targets: Tensor) -> SlotInputs:
+    """Parallel decoding's queries: copies of the last of `last`'s inputs (same token, position
+    and slot) that each target another raster position; targets (B, Q)."""
+    Q = targets.shape[1]
+    return SlotInputs(
+        ids=last.ids[:, -1:].expand(-1, Q),
+        pos_rows=last.pos_rows[:, -1:].expand(-1, Q),
+        target_rows=PREFIX + targets,
+    )
+
+
+def decode_inputs(tokens: Tensor, positions: Tensor, next_positions: Tensor) -> SlotInputs:
+    """The (B,) or (B, R) tokens just generated at raster `positions`, each told the raster
+    position that comes after it."""
+    if tokens.ndim == 1:
+        tokens, positions, next_positions = (
+            tokens[:, None],
+            positions[:, None],
+            next_positions[:, None],
+        )
+    return SlotInputs(ids=tokens, pos_rows=PREFIX + positions, target_rows=PREFIX + next_positions)
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale) + shift
 
 
-def cache_bias(cache_len: int, input_pos: Tensor, dtype: torch.dtype) -> Tensor:
-    """(N, T + N) additive attention bias for new tokens at slots input_pos (N,): the cached
-    slots before input_pos[0], then the new tokens causally; 0 where attended, -inf elsewhere."""
-    N = input_pos.shape[0]
+def cache_bias(cache_len: int, input_pos: Tensor, dtype: torch.dtype, queries: int = 0) -> Tensor:
+    """(N, T + N) additive attention bias, 0 where attended and -inf elsewhere, for N = R + Q
+    new inputs: R real ones at slots input_pos (R,), which see the cached slots before
+    input_pos[0] and each other causally; then Q queries (parallel decoding), each standing in
+    for the last real input with another target: it sees what that input sees but not the
+    input itself, and itself but no other query."""
+    R = input_pos.shape[0]
+    N = R + queries
     past = torch.arange(cache_len, device=input_pos.device) >= input_pos[0]  # (T,)
-    future = torch.ones(N, N, dtype=torch.bool, device=input_pos.device).triu(1)
-    masked = torch.cat([past.expand(N, -1), future], dim=-1)
+    new = torch.ones(N, N, dtype=torch.bool, device=input_pos.device).triu(1)
+    if queries:
+        new[R:, R - 1] = True
+        new[R:, R:] = ~torch.eye(queries, dtype=torch.bool, device=input_pos.device)
+    masked = torch.cat([past.expand(N, -1), new], dim=-1)
     bias = torch.zeros(masked.shape, dtype=dtype, device=input_pos.device)
     return bias.masked_fill(masked, float("-inf"))
 
@@ -333,46 +363,67 @@ class RAR(nn.Module):
         k_cache: Sequence[Tensor],
         v_cache: Sequence[Tensor],
         input_pos: Tensor,
+        queries: int = 0,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """The transformer on new tokens x (B, N, D) at slots input_pos (N,) with adaLN outputs
-        `mods`, against per-layer caches (B, H, T, hd) holding the slots before input_pos[0]
-        (views of a KVCache, or one ONNX input per layer: slicing one input would copy it). T
-        may stop at input_pos[0], or run on over slots that are masked out.
+        """The transformer on new inputs x (B, N, D), the real ones at slots input_pos (N - Q,)
+        and the last `queries` Q standing in for the last real one (see cache_bias), with
+        adaLN outputs `mods`, against per-layer caches (B, H, T, hd) holding the slots before
+        input_pos[0] (views of a KVCache, or one ONNX input per layer: slicing one input would
+        copy it). T may stop at input_pos[0], or run on over slots that are masked out.
 
-        Returns the (B, V) logits of the last token and the new (layers, B, H, N, hd) keys and
-        values, for the caller to store.
+        Returns the (B, 1 + Q, V) logits of the last real input and of the queries, and the new
+        (layers, B, H, N, hd) keys and values, for the caller to store (the real ones only).
         """
-        bias = cache_bias(k_cache[0].shape[2], input_pos, x.dtype)  # (N, T + N)
+        bias = cache_bias(k_cache[0].shape[2], input_pos, x.dtype, queries)  # (N, T + N)
         ks, vs = [], []
         for i, block in enumerate(self.blocks):
             x, k, v = block(x, mods[i], (k_cache[i], v_cache[i]), bias)
             ks.append(k)
             vs.append(v)
-        logits = self.lm_head(self.adaln_before_head(x[:, -1], mods[-1][:, -1]))
+        out = -1 - queries
+        logits = self.lm_head(self.adaln_before_head(x[:, out:], mods[-1][:, out:]))
         return logits, torch.stack(ks), torch.stack(vs)
 
     def _decode(
-        self, cache: KVCache, x: Tensor, labels: Tensor, first_slot: int | Tensor
+        self,
+        cache: KVCache,
+        x: Tensor,
+        labels: Tensor,
+        first_slot: int | Tensor,
+        queries: int = 0,
     ) -> Tensor:
-        slots = first_slot + torch.arange(x.shape[1], device=x.device)
+        """Feeds x (B, R + Q, D): R real inputs from `first_slot` on, written to the cache, then
+        Q queries at the last real one's slot, never written. Returns (B, 1 + Q, V)."""
+        R = x.shape[1] - queries
+        slots = first_slot + torch.arange(R, device=x.device)
+        mod_slots = torch.cat([slots, slots[-1:].expand(queries)])  # queries: the last's slot
         if cache.modulation is None:
-            c = self.condition(labels)[:, None] + self.timesteps_embeddings[0, slots]  # (B, N, D)
-            mods = self.modulation(c)
+            c = self.condition(labels)[:, None] + self.timesteps_embeddings[0, mod_slots]
+            mods = self.modulation(c)  # each (B, N, 6D), the head's (B, N, 2D)
         else:
-            mods = self.split_modulation(cache.modulation.at(slots))
+            mods = self.split_modulation(cache.modulation.at(mod_slots))
         if isinstance(first_slot, Tensor):  # static shapes: the whole cache, later slots masked
-            logits, k, v = self.step(x, mods, cache.k, cache.v, slots)
+            logits, k, v = self.step(x, mods, cache.k, cache.v, slots, queries)
         else:  # only the slots written so far: attention reads half the cache on average
             written = cache.k[:, :, :, :first_slot], cache.v[:, :, :, :first_slot]
-            logits, k, v = self.step(x, mods, *written, slots)
-        cache.k.index_copy_(3, slots, k)
-        cache.v.index_copy_(3, slots, v)
+            logits, k, v = self.step(x, mods, *written, slots, queries)
+        cache.k.index_copy_(3, slots, k[:, :, :, :R])
+        cache.v.index_copy_(3, slots, v[:, :, :, :R])
         return logits
+
+    def decode_round(
+        self, cache: KVCache, first_slot: int, inputs: SlotInputs, queries: int, labels: Tensor
+    ) -> Tensor:
+        """One round of parallel decoding: `inputs` (B, R + Q) are R real inputs, written to
+        the cache from `first_slot` on, then Q queries (`query_inputs`), never written.
+        Returns the (B, 1 + Q, V) logits of the positions the last real input and each query
+        target, each exactly what a sequential decode that visits that position next gives."""
+        return self._decode(cache, self.embed(inputs), labels, first_slot, queries)
 
     def prefill(self, cache: KVCache, labels: Tensor, first_positions: Tensor) -> Tensor:
         """Writes slots 0 (cls) and 1 (condition); returns the (B, V) logits of step 0."""
         x = self.embed(prefill_inputs(self.config, labels, first_positions))  # (B, 2, D)
-        return self._decode(cache, x, labels, first_slot=0)
+        return self._decode(cache, x, labels, first_slot=0)[:, 0]
 
     def decode_step(
         self,
@@ -391,4 +442,4 @@ class RAR(nn.Module):
         captured CUDA graph replays any step (see backends.graphs).
         """
         x = self.embed(decode_inputs(tokens, positions, next_positions))  # (B, 1, D)
-        return self._decode(cache, x, labels, first_slot=step + 1)
+        return self._decode(cache, x, labels, first_slot=step + 1)[:, 0]

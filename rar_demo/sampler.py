@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .backends import Executor
-from .config import SamplingConfig
+from .config import SCHEDULES, SamplingConfig
+from .model import PREFIX, cat_inputs, decode_inputs, prefill_inputs, query_inputs
 from .orders import validate_orders
 
 
@@ -32,6 +33,8 @@ class StepEvent:
     probs: Tensor  # (B,) probability of that token under the sampling distribution
     entropy: Tensor  # (B,) entropy of that distribution, in nats
     canvas: Tensor  # (B, L) tokens by raster position so far, -1 where not generated yet
+    round: int = 0  # the step of the sampler (several tokens per step: see SamplingConfig.steps)
+    num_rounds: int = 1
 
     @property
     def done(self) -> bool:
@@ -73,8 +76,9 @@ def _pick(probs: Tensor, uniforms: Tensor | None) -> Tensor:
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_max(probs.shape[-1] - 1)
 
 
-def _validate(executor: Executor, labels: Tensor, orders: Tensor) -> None:
+def _validate(executor: Executor, labels: Tensor, orders: Tensor, config: SamplingConfig) -> None:
     net = executor.config
+    tokens_per_step(config.schedule, config.steps or net.image_seq_len, net.image_seq_len)
     # A repeated or out-of-range position would silently leave cells unfilled (-1) or index
     # past the canvas; every row must visit each raster position exactly once.
     validate_orders(orders, net.image_seq_len)
@@ -99,7 +103,7 @@ def stream(
     abandoning or closing the iterator: the KV cache is local to the generation and goes
     with it.
     """
-    _validate(executor, labels, orders)
+    _validate(executor, labels, orders, config)
     return _events(executor, labels, orders, config, seed)
 
 
@@ -111,13 +115,14 @@ def generate(
     The same tokens as `stream`, but nothing leaves the device until the end, so on a GPU the
     host queues steps ahead of the kernels instead of waiting for each one.
     """
-    _validate(executor, labels, orders)
+    _validate(executor, labels, orders, config)
     orders = orders.to(executor.device)
     B, L = orders.shape
     canvas = torch.empty((B, L), dtype=torch.long, device=executor.device)
     rows = torch.arange(B, device=executor.device)
-    for step, tokens, _ in _sample(executor, labels, orders, config, seed):
-        canvas[rows, orders[:, step]] = tokens
+    for start, tokens, _ in _sample(executor, labels, orders, config, seed):
+        for j in range(tokens.shape[1]):
+            canvas[rows, orders[:, start + j]] = tokens[:, j]
     return canvas.cpu()
 
 
@@ -128,30 +133,83 @@ def _events(
     B, L = orders.shape
     canvas = torch.full((B, L), -1, dtype=torch.long)
     rows = torch.arange(B)
-    for step, tokens, probs in _sample(executor, labels, orders, config, seed):
-        chosen = probs.gather(1, tokens[:, None]).squeeze(1)
+    num_rounds = len(tokens_per_step(config.schedule, config.steps or L, L))
+    rounds = _sample(executor, labels, orders, config, seed)
+    for round_, (start, tokens, probs) in enumerate(rounds):
+        chosen = probs.gather(-1, tokens[..., None]).squeeze(-1)
         entropy = torch.special.entr(probs).sum(-1)
-        # One device-to-host copy per step: each copy waits for the GPU.
-        packed = torch.stack([tokens.to(probs.dtype), chosen, entropy]).cpu()  # (3, B)
-        tokens = packed[0].long()
-        positions = orders[:, step].clone()  # the caller's orders stay theirs
-        canvas[rows, positions] = tokens
-        yield StepEvent(
-            step=step,
-            num_steps=L,
-            positions=positions,
-            tokens=tokens,
-            probs=packed[1],
-            entropy=packed[2],
-            canvas=canvas.clone(),
-        )
+        # One device-to-host copy per round: each copy waits for the GPU.
+        packed = torch.stack([tokens.to(probs.dtype), chosen, entropy]).cpu()  # (3, B, k)
+        for j in range(tokens.shape[1]):
+            step = start + j
+            positions = orders[:, step].clone()  # the caller's orders stay theirs
+            canvas[rows, positions] = packed[0, :, j].long()
+            yield StepEvent(
+                step=step,
+                num_steps=L,
+                positions=positions,
+                tokens=packed[0, :, j].long(),
+                probs=packed[1, :, j],
+                entropy=packed[2, :, j],
+                canvas=canvas.clone(),
+                round=round_,
+                num_rounds=num_rounds,
+            )
+
+
+def tokens_per_step(schedule: str, steps: int, length: int) -> list[int]:
+    """How many tokens each of `steps` steps generates (at least one, `length` in all).
+
+    constant: as equal as can be, the larger steps last. cosine: few tokens first and more
+    later (the share generated after step s is 1 - cos(pi/2 * s / steps)), as MaskGIT, RandAR
+    and ARPG schedule theirs: the first tokens decide the most.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    if not 1 <= steps <= length:
+        raise ValueError(f"steps must be between 1 and {length}, got {steps}")
+    if schedule == "constant":
+        base, extra = divmod(length, steps)
+        return [base + (s >= steps - extra) for s in range(steps)]
+    done, counts = 0, []
+    for s in range(1, steps + 1):
+        target = round(length * (1 - math.cos(math.pi / 2 * s / steps)))
+        # Every step takes at least one token and leaves at least one for each step after it.
+        target = min(max(target, done + 1), length - (steps - s))
+        counts.append(target - done)
+        done = target
+    return counts
+
+
+def _choose(
+    logits: Tensor, config: SamplingConfig, B: int, first: int, L: int, uniforms: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """(tokens (B, k), probs (B, k, V)) for steps first .. first + k - 1 from their logits
+    (B or 2B, k, V): guidance by each step's own scale, temperature, top-k/p, then a pick."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32
+    k = logits.shape[1]
+    if config.guidance_scale != 0:
+        cond, uncond = logits[:B], logits[B:]
+        if k == 1:  # a Python float: no tensor built on the host every step
+            scale = guidance_scale(config, first, L)
+        else:
+            scales = [guidance_scale(config, first + j, L) for j in range(k)]
+            scale = torch.tensor(scales, dtype=logits.dtype, device=logits.device)[:, None]
+        logits = uncond + (cond - uncond) * scale
+    logits = filter_logits(logits / config.temperature, config.top_k, config.top_p)
+    probs = F.softmax(logits, dim=-1)
+    u = None if uniforms is None else uniforms[:, first : first + k].flatten()
+    return _pick(probs.flatten(0, 1), u).view(B, k), probs
 
 
 @torch.no_grad()  # not inference_mode: what it yields is used outside it
 def _sample(
     executor: Executor, labels: Tensor, orders: Tensor, config: SamplingConfig, seed: int
 ) -> Iterator[tuple[int, Tensor, Tensor]]:
-    """Yields (step, tokens (B,), probs (B, V)) on the model's device, never waiting on it."""
+    """Yields (first step, tokens (B, k), probs (B, k, V)) per step of `config.steps`, on the
+    model's device, never waiting on it. One token per step feeds each token as it comes
+    (every executor); several per step run rounds of real inputs and queries
+    (`RAR.decode_round`)."""
     net, device = executor.config, executor.device
     B, L = orders.shape
     labels, orders = labels.to(device), orders.to(device)
@@ -161,19 +219,35 @@ def _sample(
         orders = orders.repeat(2, 1)
     uniforms = None if config.greedy else draw_uniforms(seed, B, L).to(device)
     cache = executor.new_cache(labels.shape[0])
+    counts = tokens_per_step(config.schedule, config.steps or L, L)
 
-    logits = executor.prefill(cache, labels, orders[:, 0])
-    for step in range(L):
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32
-        if guided:
-            cond, uncond = logits[:B], logits[B:]
-            logits = uncond + (cond - uncond) * guidance_scale(config, step, L)
-        logits = filter_logits(logits / config.temperature, config.top_k, config.top_p)
-        probs = F.softmax(logits, dim=-1)
-        tokens = _pick(probs, None if uniforms is None else uniforms[:, step])
-        yield step, tokens, probs
-        if step + 1 < L:
-            fed = tokens.repeat(2) if guided else tokens
-            logits = executor.decode_step(
-                cache, step + 1, fed, orders[:, step], orders[:, step + 1], labels
-            )
+    if len(counts) == L:
+        logits = executor.prefill(cache, labels, orders[:, 0])
+        for step in range(L):
+            tokens, probs = _choose(logits[:, None], config, B, step, L, uniforms)
+            yield step, tokens, probs
+            if step + 1 < L:
+                fed = tokens[:, 0].repeat(2) if guided else tokens[:, 0]
+                logits = executor.decode_step(
+                    cache, step + 1, fed, orders[:, step], orders[:, step + 1], labels
+                )
+        return
+
+    if not hasattr(executor, "decode_round"):
+        raise ValueError(
+            f"several tokens per step run on the torch runtime; {type(executor).__name__} "
+            "feeds one token per step"
+        )
+    real, first_slot, start = prefill_inputs(net, labels, orders[:, 0]), 0, 0
+    for k in counts:
+        targets = orders[:, start + 1 : start + k]  # (B or 2B, k - 1): the queries' positions
+        inputs = cat_inputs(real, query_inputs(real, targets))
+        logits = executor.decode_round(cache, first_slot, inputs, k - 1, labels)  # (.., k, V)
+        tokens, probs = _choose(logits, config, B, start, L, uniforms)
+        yield start, tokens, probs
+        end = start + k
+        if end < L:
+            fed = tokens.repeat(2, 1) if guided else tokens
+            real = decode_inputs(fed, orders[:, start:end], orders[:, start + 1 : end + 1])
+            first_slot = PREFIX + start  # token i sits at slot PREFIX + i
+        start = end

@@ -65,6 +65,9 @@ def test_generate_sheet_and_gif(tmp_path, capsys) -> None:
         (["--class", "Flags", "--cfg", "-1"], "guidance_scale"),
         (["--class", "Flags", "--backend", "onnx", "--compile"], "compile applies to the torch"),
         (["--class", "Flags", "--backend", "onnx", "--dtype", "bf16"], "exports fp32"),
+        (["--class", "Flags", "--steps", "0"], "steps must be a positive"),
+        (["--class", "Flags", "--steps", "257"], "steps must be between 1 and 256"),
+        (["--class", "Flags", "--steps", "64", "--backend", "onnx"], "one token per step"),
     ],
 )
 def test_bad_input_is_one_clear_line(args, message, tmp_path, capsys) -> None:
@@ -74,6 +77,13 @@ def test_bad_input_is_one_clear_line(args, message, tmp_path, capsys) -> None:
     assert len(err.splitlines()) == 1 and err.startswith("error: ")
     assert message in err.lower() or message in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_parallel_decoding_from_the_command_line(tmp_path, capsys) -> None:
+    out = tmp_path / "fast.png"
+    args = ["generate", "--class", "Flags", "--order", "random", "--steps", "32"]
+    assert main([*args, "--schedule", "cosine", "--out", str(out)]) == 0
+    assert Image.open(out).width > 0 and "wrote" in capsys.readouterr().out
 
 
 def test_local_weights(tmp_path) -> None:

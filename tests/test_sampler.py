@@ -17,9 +17,9 @@ from torch import nn
 
 from rar_demo.backends import Executor, TorchExecutor
 from rar_demo.backends.graphs import GraphExecutor
-from rar_demo.config import SamplingConfig
+from rar_demo.config import SCHEDULES, SamplingConfig
 from rar_demo.model import RAR
-from rar_demo.sampler import filter_logits, generate, guidance_scale, stream
+from rar_demo.sampler import filter_logits, generate, guidance_scale, stream, tokens_per_step
 
 CONFIG = TINY_RAR
 L, V, C = CONFIG.image_seq_len, CONFIG.codebook_size, CONFIG.condition_num_classes
@@ -421,3 +421,78 @@ def test_invalid_labels_raise(model, labels) -> None:
 def test_invalid_orders_raise(model, orders) -> None:
     with pytest.raises(ValueError):
         stream(model, torch.tensor([0]), orders, SAMPLE)
+
+
+# --- several tokens per step (parallel decoding) ---------------------------------------------
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("steps", [1, 2, 5, 16, 64, 256])
+def test_tokens_per_step_cover_every_token_once(schedule, steps) -> None:
+    counts = tokens_per_step(schedule, steps, 256)
+    assert len(counts) == steps and sum(counts) == 256 and min(counts) >= 1
+
+
+def test_the_cosine_schedule_starts_small_and_grows() -> None:
+    counts = tokens_per_step("cosine", 16, 256)
+    assert counts[0] <= 2 and counts[-1] >= 20
+    assert counts == sorted(counts)
+    assert tokens_per_step("constant", 5, 16) == [3, 3, 3, 3, 4]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [({"steps": 0}, "steps"), ({"steps": 2.5}, "steps"), ({"schedule": "linear"}, "schedule")],
+)
+def test_bad_parallel_settings_raise(changes, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        SamplingConfig(**changes)
+
+
+def test_more_steps_than_tokens_raise_at_the_call(model) -> None:
+    with pytest.raises(ValueError, match=f"steps must be between 1 and {L}"):
+        stream(model, torch.tensor([0]), _orders(None), SamplingConfig(steps=L + 1))
+
+
+def test_one_token_per_step_is_todays_sampler(model) -> None:
+    orders = _orders(None, 3)
+    for config in (SAMPLE, GREEDY):
+        a = _run(model, [1, 2], orders, config, seed=4)
+        b = _run(model, [1, 2], orders, config.with_(steps=L), seed=4)
+        assert all(torch.equal(x.canvas, y.canvas) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_parallel_decoding_fills_every_cell_in_its_rounds(rar, schedule) -> None:
+    config = SamplingConfig(guidance_scale=3.0, steps=5, schedule=schedule)
+    orders = _orders(None, 7)
+    events = _run(rar, [1, 1], orders, config, seed=2)
+    assert [e.step for e in events] == list(range(L))
+    assert all(torch.equal(e.positions, orders[:, e.step]) for e in events)
+    counts = tokens_per_step(schedule, 5, L)
+    rounds = [e.round for e in events]
+    assert rounds == [r for r, k in enumerate(counts) for _ in range(k)]
+    assert all(e.num_rounds == 5 for e in events)
+    assert (events[-1].canvas >= 0).all()
+    again = _run(rar, [1, 1], orders, config, seed=2)
+    assert torch.equal(again[-1].canvas, events[-1].canvas)  # seeded
+    # A panel comes out the same generated alone as beside another order.
+    alone = _run(rar, [1], orders[1:], config, seed=2)
+    assert torch.equal(alone[-1].canvas[0], events[-1].canvas[1])
+
+
+def test_parallel_greedy_tokens_are_the_argmax_of_each_querys_logits(rar) -> None:
+    """Round one of a 2-step greedy run: token j is the argmax the model gives position o[j]
+    right after the condition, which a sequential prefill computes for each j."""
+    orders = _orders(5)
+    config = SamplingConfig(greedy=True, steps=2)
+    canvas = generate(rar, torch.tensor([3]), orders, config)
+    for j in range(L // 2):
+        cache = rar.new_cache(1)
+        logits = rar.prefill(cache, torch.tensor([3]), orders[:, j])
+        assert canvas[0, orders[0, j]] == logits.argmax(-1).item()
+
+
+def test_the_cuda_graph_executor_says_it_takes_one_token_per_step(rar) -> None:
+    with pytest.raises(ValueError, match="CUDA graphs"):
+        _run(GraphExecutor(rar), [0], _orders(None), SamplingConfig(steps=4))

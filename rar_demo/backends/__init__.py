@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ..config import RARConfig
-from ..model import RAR, KVCache
+from ..model import RAR, KVCache, SlotInputs
 
 BACKENDS: tuple[str, ...] = ("torch", "onnx")
 
@@ -68,6 +68,14 @@ class TorchExecutor:
         if self.fast:
             cache.modulation = self.model.precompute_modulation(labels)
         return self.model.prefill(cache, labels, first_positions)
+
+    def decode_round(
+        self, cache: KVCache, first_slot: int, inputs: SlotInputs, queries: int, labels: Tensor
+    ) -> Tensor:
+        """Several tokens per step (see `RAR.decode_round`); the first round prefills."""
+        if first_slot == 0 and self.fast:
+            cache.modulation = self.model.precompute_modulation(labels)
+        return self.model.decode_round(cache, first_slot, inputs, queries, labels)
 
     def decode_step(
         self,

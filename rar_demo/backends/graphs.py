@@ -95,6 +95,11 @@ class GraphExecutor(TorchExecutor):
         # is reused as it is.
         return self.model.prefill(cache, labels, first_positions)
 
+    def decode_round(self, *args: object) -> Tensor:
+        raise ValueError(
+            "several tokens per step are not replayed from CUDA graphs yet; use steps=None"
+        )
+
     def decode_step(
         self,
         lease: Lease,

@@ -77,7 +77,7 @@ class _DecodeStep(nn.Module):
         mods = model.split_modulation(Modulation(table, rows).at(slot))
         layers = len(model.blocks)
         logits, k, v = model.step(x, mods, caches[:layers], caches[layers:], slot)
-        return logits, k[:, :, :, 0], v[:, :, :, 0]  # k, v: (layers, B, H, hd)
+        return logits[:, 0], k[:, :, :, 0], v[:, :, :, 0]  # k, v: (layers, B, H, hd)
 
 
 class _ModulationTable(nn.Module):
