@@ -24,6 +24,7 @@ from gradio.processing_utils import encode_plot_to_base64
 from PIL import Image
 
 from rar_demo import studio
+from rar_demo.config import SCHEDULES
 from rar_demo.hub import WeightsUnavailable
 from rar_demo.orders import ORDER_NAMES
 from rar_demo.pipeline import Pipeline
@@ -155,15 +156,17 @@ def check_inputs(
     top_k: float | None = None,
     speed: float = studio.DEFAULT_SPEED,
     runtime: str = "torch",
+    steps: float = studio.STEP_CHOICES[0],
+    schedule: str = studio.DEFAULT_SCHEDULE,
 ) -> list[dict]:
     """Gradio's validator for Generate: a message by the offending field, before anything
     runs or any result is cleared. Checks what needs no model download."""
     fields = ["model", "class_name", "orders", "seed", "cfg_scale", "cfg_power"]
-    fields += ["temperature", "top_k", "speed", "runtime"]
+    fields += ["temperature", "top_k", "speed", "runtime", "steps", "schedule"]
     try:
         studio.parse(
             CACHE, model, class_name, orders, seed, cfg_scale, cfg_power, temperature, top_k,
-            speed, runtime, load=False,
+            speed, runtime, steps, schedule, load=False,
         )  # fmt: skip
     except studio.InputError as err:
         LOG.info("rejected %s: %s", err.field, err)
@@ -182,6 +185,8 @@ def generate(
     top_k: float | None = None,
     speed: float = studio.DEFAULT_SPEED,
     runtime: str = "torch",
+    steps: float = studio.STEP_CHOICES[0],
+    schedule: str = studio.DEFAULT_SCHEDULE,
     request: gr.Request | None = None,
 ) -> Iterator[tuple]:
     """Generates one image of a class per order, side by side in one batch with the same seed,
@@ -199,6 +204,10 @@ def generate(
         top_k: keep only the k likeliest tokens (0 = off); empty for the model's default.
         speed: at most this many steps per second.
         runtime: "torch", "onnx" or "onnx int8" (official models only).
+        steps: sampler steps for the 256 tokens: 256 is one token per step; fewer decode
+            several tokens per step (parallel decoding, torch runtime).
+        schedule: how many tokens each step takes when steps < 256: "cosine" (few first,
+            more later) or "constant".
 
     Returns:
         The status line, the live panels (HTML), the final images, the run's animation (WebP),
@@ -209,7 +218,7 @@ def generate(
     try:
         parsed = studio.parse(
             CACHE, model, class_name, orders, seed, cfg_scale, cfg_power, temperature, top_k,
-            speed, runtime,
+            speed, runtime, steps, schedule,
         )  # fmt: skip
     except (ValueError, WeightsUnavailable) as err:
         raise _user_error(err) from None
@@ -305,8 +314,8 @@ def blank_panels(model: str, orders: list[str], runtime: str = "torch") -> str |
 
 
 def clear_panels(model: str, class_name: str, orders: list[str], *rest: Any) -> str | dict:
-    """`blank_panels` for Generate's inputs (the validator's), runtime last."""
-    return blank_panels(model, orders, rest[-1])
+    """`blank_panels` for Generate's inputs (the validator's): runtime is the 7th after orders."""
+    return blank_panels(model, orders, rest[6])
 
 
 def fill_defaults(model: str, runtime: str, *values: float | None) -> list:
@@ -382,6 +391,16 @@ def create_demo(model: str | None = None) -> gr.Blocks:
                     step=4,
                     label="Speed (steps per second)",
                 )
+                with gr.Row():
+                    steps_box = gr.Dropdown(
+                        list(studio.STEP_CHOICES),
+                        value=studio.STEP_CHOICES[0],
+                        label="Steps (256: one token per step)",
+                        info="fewer decode several tokens per step, zero-shot",
+                    )
+                    schedule_box = gr.Radio(
+                        list(SCHEDULES), value=studio.DEFAULT_SCHEDULE, label="Tokens per step"
+                    )
                 with gr.Accordion("Sampler (the model's paper defaults)", open=True):
                     with gr.Row():
                         cfg_box = _sampler_box("CFG scale", step=0.5)
@@ -418,6 +437,7 @@ def create_demo(model: str | None = None) -> gr.Blocks:
 
         sampler_boxes = [cfg_box, power_box, temperature_box, top_k_box]
         inputs = [model_box, class_box, order_box, seed_box, *sampler_boxes, speed_box, runtime_box]
+        inputs += [steps_box, schedule_box]
         # Blank the panels at once, and only for a valid request (the validator keeps the last
         # results while it shows what is wrong).
         # preprocess=False: raw values reach parse, which words every error (Gradio's own

@@ -45,6 +45,7 @@ class Case:
     threads: int | None = None  # intra-op threads (torch and ONNX Runtime); None: torch's default
     order: str = "random"  # every panel's order kind (random: a different one per panel)
     streaming: bool = False  # consume every step's event, as the app does
+    steps: int = 256  # sampler steps; fewer than the 256 tokens: parallel decoding (cosine)
 
 
 PATHS = {
@@ -60,6 +61,9 @@ CPU_CASES = [
     Case("rar_b", "torch", "int8", "fast", 1),
     Case("rar_b", "onnx", "fp32", "fast", 1),
     Case("rar_b", "onnx", "int8", "fast", 1),
+    # Parallel decoding: the same image in fewer sampler steps (the torch runtime).
+    *(Case("rar_b", "torch", "fp32", "fast", 1, steps=n) for n in (128, 64, 32)),
+    *(Case("bundled", "torch", "fp32", "fast", 4, reps=3, steps=n) for n in (128, 64, 32)),
     Case("bundled", "torch", "fp32", "eager", 4, reps=3),
     Case("bundled", "torch", "fp32", "fast", 4, reps=3),
     Case("bundled", "onnx", "fp32", "fast", 4, reps=3),
@@ -171,6 +175,8 @@ def prepare(case: Case, device: str) -> Setup:
     labels = torch.ones(case.orders, dtype=torch.long)
     orders = torch.stack([make_order(case.order, side, side, seed=i) for i in range(case.orders)])
     sampling = spec(case.model).sampling
+    if case.steps < executor.config.image_seq_len:
+        sampling = sampling.with_(steps=case.steps, schedule="cosine")
     for event in stream(executor, labels, orders, sampling):
         if event.step == 3:
             break
@@ -247,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=default, choices=sorted(CASES))
     parser.add_argument("--model", action="append", help="only these models (repeatable)")
     parser.add_argument("--path", action="append", choices=sorted(PATHS), help="only these paths")
+    parser.add_argument("--steps", action="append", type=int, help="only these step counts")
     parser.add_argument(
         "--profile", action="store_true", help="per-operator time per step instead of totals"
     )
@@ -260,8 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     failed = 0
     for case in CASES[args.device]:
-        if (args.model and case.model not in args.model) or (
-            args.path and case.path not in args.path
+        if (
+            (args.model and case.model not in args.model)
+            or (args.path and case.path not in args.path)
+            or (args.steps and case.steps not in args.steps)
         ):
             continue
         cmd = [sys.executable, "-m", "rar_demo.bench", "--device", args.device]

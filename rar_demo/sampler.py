@@ -76,9 +76,20 @@ def _pick(probs: Tensor, uniforms: Tensor | None) -> Tensor:
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_max(probs.shape[-1] - 1)
 
 
+def check_steps(executor: Executor, config: SamplingConfig) -> None:
+    """Raises ValueError unless `executor` can run `config`'s steps."""
+    L = executor.config.image_seq_len
+    tokens_per_step(config.schedule, config.steps or L, L)
+    if (config.steps or L) < L and getattr(executor, "decode_round", None) is None:
+        raise ValueError(
+            f"several tokens per step run on the torch runtime; {type(executor).__name__} "
+            "feeds one token per step"
+        )
+
+
 def _validate(executor: Executor, labels: Tensor, orders: Tensor, config: SamplingConfig) -> None:
     net = executor.config
-    tokens_per_step(config.schedule, config.steps or net.image_seq_len, net.image_seq_len)
+    check_steps(executor, config)
     # A repeated or out-of-range position would silently leave cells unfilled (-1) or index
     # past the canvas; every row must visit each raster position exactly once.
     validate_orders(orders, net.image_seq_len)
@@ -233,11 +244,6 @@ def _sample(
                 )
         return
 
-    if not hasattr(executor, "decode_round"):
-        raise ValueError(
-            f"several tokens per step run on the torch runtime; {type(executor).__name__} "
-            "feeds one token per step"
-        )
     real, first_slot, start = prefill_inputs(net, labels, orders[:, 0]), 0, 0
     for k in counts:
         targets = orders[:, start + 1 : start + k]  # (B or 2B, k - 1): the queries' positions

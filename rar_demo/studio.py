@@ -41,7 +41,7 @@ from .render import (
     sheet,
     to_uint8,
 )
-from .sampler import StepEvent, generate
+from .sampler import StepEvent, check_steps, generate
 
 T = TypeVar("T")
 MAX_ORDERS = 4
@@ -61,6 +61,8 @@ TEMPERATURE_RANGE = (0.05, 3.0)
 TOP_K_RANGE = (0, 1024)  # 0 = no top-k filtering
 SPEED_RANGE = (4, 512)  # steps per second; the top is faster than any model runs here
 DEFAULT_SPEED = 64
+STEP_CHOICES = (256, 128, 64, 32, 16)  # sampler steps a run may take (tokens: 256)
+DEFAULT_SCHEDULE = "cosine"  # with fewer steps than tokens: few tokens first, more later
 
 
 def default_model(env: Mapping[str, str]) -> str:
@@ -205,6 +207,8 @@ def parse(
     top_k: int | None = None,
     speed: float = DEFAULT_SPEED,
     runtime: str = "torch",
+    steps: int | None = None,
+    schedule: str = DEFAULT_SCHEDULE,
     load: bool = True,
 ) -> Request | None:
     """Checks raw inputs into a Request, or raises InputError (naming the input) or
@@ -241,10 +245,20 @@ def parse(
         if top_k is None
         else int(_number("top_k", "top-k", top_k, TOP_K_RANGE)) or None,
     )
+    L = entry.generator.image_seq_len
+    if steps is not None:
+        steps = _number("steps", "steps", steps, (1, L))
+        if steps != int(steps):
+            raise InputError("steps", f"steps must be a whole number, got {steps}")
+    parallel = None if steps in (None, L) else int(steps)
+    checked = _field("schedule", lambda: sampling.with_(steps=parallel, schedule=schedule))
+    # One token per step has no schedule: keep the model's, so the request equals its defaults.
+    sampling = checked if parallel else sampling.with_(steps=None)
     if not load and not cache.has(model, runtime):
         return None
 
     pipe = cache.get(model, runtime)
+    _field("steps", lambda: check_steps(pipe.executor, sampling))
     class_id = _field("class_name", lambda: pipe.class_id("" if class_name is None else class_name))
     return Request(
         model,
@@ -321,7 +335,7 @@ class Sampling(threading.Thread):
             for event in self.stream:
                 self.probs.append(event.probs)
                 self.entropy.append(event.entropy)
-                self.pacer.wait(event.step)
+                self.pacer.wait(event.round)  # a step of the sampler may hold several tokens
                 with self._changed:
                     self.latest = event
                     self._changed.notify_all()
@@ -388,11 +402,12 @@ class Renderer:
 def _describe(request: Request) -> str:
     s = request.sampling
     top_k = f" · top-k {s.top_k}" if s.top_k else ""
+    steps = f" · {s.steps} steps ({s.schedule})" if s.steps else ""
     runtime = f" · {request.runtime}" if request.runtime != "torch" else ""
     return (
         f"{request.short_name} (class {request.class_id}) · seed {request.seed}"
         f" · CFG {s.guidance_scale:g} (power {s.guidance_power:g}) · T {s.temperature:g}{top_k}"
-        f"{runtime}"
+        f"{steps}{runtime}"
     )
 
 
@@ -467,7 +482,7 @@ def run(
                 footer = f"step {filled} / {event.num_steps}"
                 recorded.append((filled, sheet(frames, names, scale, footer)))
             yield Update(
-                status=f"**Step {filled} / {event.num_steps}** · {about}",
+                status=f"**Step {event.round + 1} / {event.num_rounds}** · {about}",
                 panels=dict(zip(names, frames, strict=True)),
             )
             # At most MAX_FPS frames: what the browser could not show anyway.
@@ -480,13 +495,14 @@ def run(
 
     event, seconds = sampling.latest, clock() - start
     if event is None or not event.done:
-        taken = 0 if event is None else event.step + 1
-        yield Update(status=f"**Stopped at step {taken} / {pipe.num_steps}** · {about}")
+        taken = 0 if event is None else event.round + 1
+        rounds = pipe.num_steps if event is None else event.num_rounds
+        yield Update(status=f"**Stopped at step {taken} / {rounds}** · {about}")
         return
     stats = plots.step_curves(names, torch.stack(sampling.probs), torch.stack(sampling.entropy))
     finals = to_uint8(pipe.decode(event.canvas))
     final_panels = dict(zip(names, finals, strict=True))
-    summary = f"**Done**: {event.num_steps} steps in {seconds:.1f} s · {about}"
+    summary = f"**Done**: {event.num_rounds} steps in {seconds:.1f} s · {about}"
     yield Update(status=f"{summary} · preparing the animation…", panels=final_panels)
 
     sheets = [s for _, s in recorded]

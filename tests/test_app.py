@@ -325,3 +325,23 @@ def test_the_app_starts_as_a_space_does(tmp_path) -> None:
         server.terminate()
         server.wait(timeout=30)
     assert "generation runs through spaces.GPU" in (tmp_path / "space.log").read_text()
+
+
+def test_fewer_steps_decode_several_tokens_per_step(client: Client) -> None:
+    job = client.submit(
+        model="bundled", class_name="Flags", orders=["random"], seed=0, speed=512, steps=32,
+        api_name="/generate",
+    )  # fmt: skip
+    result = job.result(timeout=300)
+    assert result[0].startswith("**Done**: 32 steps") and "32 steps (cosine)" in result[0]
+    numbers = [int(m[1]) for out in job.outputs() if (m := STEP.search(out[0]))]
+    assert numbers and all(n <= 32 for n in numbers)
+    for changes, message in (
+        ({"steps": 300}, "steps must be between 1 and 256"),
+        ({"steps": 64, "schedule": "linear"}, "schedule"),
+    ):
+        with pytest.raises(Exception, match=message):
+            client.predict(
+                model="bundled", class_name="Flags", orders=["random"], seed=0,
+                api_name="/generate", **changes,
+            )  # fmt: skip

@@ -494,5 +494,5 @@ def test_parallel_greedy_tokens_are_the_argmax_of_each_querys_logits(rar) -> Non
 
 
 def test_the_cuda_graph_executor_says_it_takes_one_token_per_step(rar) -> None:
-    with pytest.raises(ValueError, match="CUDA graphs"):
-        _run(GraphExecutor(rar), [0], _orders(None), SamplingConfig(steps=4))
+    with pytest.raises(ValueError, match="GraphExecutor feeds one token per step"):
+        stream(GraphExecutor(rar), torch.tensor([0]), _orders(None), SamplingConfig(steps=4))

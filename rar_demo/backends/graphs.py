@@ -95,10 +95,7 @@ class GraphExecutor(TorchExecutor):
         # is reused as it is.
         return self.model.prefill(cache, labels, first_positions)
 
-    def decode_round(self, *args: object) -> Tensor:
-        raise ValueError(
-            "several tokens per step are not replayed from CUDA graphs yet; use steps=None"
-        )
+    decode_round = None  # several tokens per step are not captured as CUDA graphs yet
 
     def decode_step(
         self,
