@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import threading
@@ -30,19 +29,13 @@ from gradio.utils import get_upload_folder  # noqa: E402
 from gradio_client import Client  # noqa: E402
 
 import app  # noqa: E402
+from rar_demo.bench import cpu_info  # noqa: E402
 from rar_demo.hub import random_models  # noqa: E402
 from rar_demo.pipeline import Pipeline, torch_executor  # noqa: E402
 from rar_demo.registry import imagenet_classes, spec  # noqa: E402
 
 ORDERS = ["raster", "random", "spiral", "checkerboard"]
 SPEED_CASES = [("bundled", 2), ("bundled", 4), ("rar_b", 1)]
-
-
-def cpu() -> dict:
-    flags = Path("/proc/cpuinfo").read_text()
-    model = next(ln.split(":", 1)[1].strip() for ln in flags.splitlines() if "model name" in ln)
-    isa = [f for f in ("avx512_vnni", "avx512f", "avx2", "amx_tile") if f" {f}" in flags]
-    return {"cpu": model, "isa": isa, "machine": platform.machine()}
 
 
 def _serve(model: str) -> str:
@@ -86,7 +79,7 @@ def speed() -> None:
             "frames_per_s": round(frames / api, 1),
             "cache_files": _files() - files,
             "threads": torch.get_num_threads(),
-            **cpu(),
+            **cpu_info(),
             "date": time.strftime("%Y-%m-%d"),
         }
         print(json.dumps(row), flush=True)
@@ -137,7 +130,7 @@ def load(clients: int) -> None:
         "finished": len(rows),
         "last_first_frame_s": round(firsts[-1], 2) if firsts else None,
         "last_done_s": round(max(r["done_s"] for r in rows), 2) if rows else None,
-        **cpu(),
+        **cpu_info(),
         "date": time.strftime("%Y-%m-%d"),
     }
     print(json.dumps(summary), flush=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import subprocess
 import sys
 import time
@@ -185,6 +186,46 @@ def prepare(case: Case, device: str) -> Setup:
     return Setup(executor, decode, labels, orders, sampling, run)
 
 
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "amx_tile")
+BYTES_PER_WEIGHT = {"fp32": 4, "bf16": 2, "int8": 1}
+
+
+def cpu_info() -> dict:
+    """The CPU's model name and the instruction sets that decide which kernels run."""
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    names = [ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")]
+    flags = next(
+        (ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []
+    )
+    return {
+        "cpu": names[0] if names else platform.processor(),
+        "isa": [f for f in ISA_FLAGS if f in flags],
+    }
+
+
+def read_bandwidth_gbs(megabytes: int = 512, reps: int = 5) -> float:
+    """This machine's achievable read bandwidth: the best of `reps` sums of a large array on
+    all threads (GB/s)."""
+    data = torch.ones(megabytes * 2**20 // 4)
+    data.sum()  # fault the pages in
+    best = min(_timed(data.sum) for _ in range(reps))
+    return data.numel() * 4 / best / 1e9
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def floor_seconds(model: RAR, dtype: str, steps: int, bandwidth_gbs: float) -> float:
+    """The memory-bandwidth floor of one image: every step reads every weight but the adaLN
+    ones (precomputed once per generation) and the tables it only indexes."""
+    skip = ("adaLN_modulation", "embed", "embeddings")
+    weights = sum(p.numel() for n, p in model.named_parameters() if not any(k in n for k in skip))
+    return steps * weights * BYTES_PER_WEIGHT[dtype] / (bandwidth_gbs * 1e9)
+
+
 @torch.inference_mode()
 def measure(case: Case, device: str) -> dict:
     setup = prepare(case, device)
@@ -210,7 +251,16 @@ def measure(case: Case, device: str) -> dict:
         "generate_seconds": round(gen_s, 3),
         "peak_mem_mb": round(peak_mem_mb(device)),
         "threads": torch.get_num_threads(),
+        **(_floor(case) if device == "cpu" else {}),
     }
+
+
+def _floor(case: Case) -> dict:
+    """CPU lines: the CPU, its read bandwidth and the case's bandwidth floor beside its time."""
+    model, _ = random_models(case.model)
+    bandwidth = read_bandwidth_gbs()
+    floor = floor_seconds(model, case.dtype, case.steps, bandwidth)
+    return {**cpu_info(), "read_gbs": round(bandwidth, 1), "floor_s": round(floor, 3)}
 
 
 @torch.inference_mode()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from rar_demo.bench import CASES, PATHS, Case, measure, profile
+import pytest
+
+from rar_demo.bench import CASES, ISA_FLAGS, PATHS, Case, floor_seconds, measure, profile
+from rar_demo.hub import random_models
 from rar_demo.pipeline import DTYPES
 from rar_demo.registry import MODEL_NAMES
 
@@ -20,6 +23,17 @@ def test_bench_measures_the_graph_path_streaming() -> None:
     assert row["path"] == "graph" and row["streaming"] and row["order"] == "raster"
     assert row["batch"] == 2 and row["seconds_per_image"] > row["decode_seconds"] > 0
     assert row["tokens_per_s"] > 0 and row["peak_mem_mb"] > 0
+    # CPU lines name the CPU and set the time beside the memory-bandwidth floor.
+    assert row["cpu"] and set(row["isa"]) <= set(ISA_FLAGS) and row["read_gbs"] > 0
+    assert 0 < row["floor_s"] < row["generate_seconds"]
+
+
+def test_the_floor_counts_the_weights_every_step_reads() -> None:
+    model, _ = random_models("rar_b")
+    # About 170M of RAR-B's 261M parameters are read per step (adaLN precomputed): 680 MB fp32.
+    floor = floor_seconds(model, "fp32", 256, bandwidth_gbs=1.0)
+    assert 256 * 160e6 * 4 / 1e9 < floor < 256 * 180e6 * 4 / 1e9
+    assert floor_seconds(model, "int8", 64, 1.0) == pytest.approx(floor / 16)
 
 
 def test_profile_lists_the_costliest_operators_per_step() -> None:
