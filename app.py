@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import html
+import inspect
 import io
 import logging
 import os
@@ -145,33 +146,16 @@ def _user_error(err: Exception) -> gr.Error:
     return gr.Error(str(err), print_exception=False)
 
 
-def check_inputs(
-    model: str,
-    class_name: str,
-    orders: list[str],
-    seed: float,
-    cfg_scale: float | None = None,
-    cfg_power: float | None = None,
-    temperature: float | None = None,
-    top_k: float | None = None,
-    speed: float = studio.DEFAULT_SPEED,
-    runtime: str = "torch",
-    steps: float = studio.STEP_CHOICES[0],
-    schedule: str = studio.DEFAULT_SCHEDULE,
-) -> list[dict]:
-    """Gradio's validator for Generate: a message by the offending field, before anything
-    runs or any result is cleared. Checks what needs no model download."""
-    fields = ["model", "class_name", "orders", "seed", "cfg_scale", "cfg_power"]
-    fields += ["temperature", "top_k", "speed", "runtime", "steps", "schedule"]
+def check_inputs(*values: Any) -> list[dict]:
+    """Gradio's validator for Generate, which gets generate's inputs: a message by the
+    offending field, before anything runs or any result is cleared. Checks what needs no
+    model download."""
     try:
-        studio.parse(
-            CACHE, model, class_name, orders, seed, cfg_scale, cfg_power, temperature, top_k,
-            speed, runtime, steps, schedule, load=False,
-        )  # fmt: skip
+        studio.parse(CACHE, *values, load=False)
     except studio.InputError as err:
         LOG.info("rejected %s: %s", err.field, err)
-        return [gr.validate(name != err.field, str(err)) for name in fields]
-    return [gr.validate(True, "") for _ in fields]
+        return [gr.validate(name != err.field, str(err)) for name in GENERATE_INPUTS]
+    return [gr.validate(True, "") for _ in GENERATE_INPUTS]
 
 
 def generate(
@@ -266,6 +250,10 @@ def generate_image(model: str, class_name: str, order: str, seed: float) -> np.n
     except (ValueError, WeightsUnavailable) as err:
         raise _user_error(err) from None
     return _still(parsed)
+
+
+# Generate's inputs by name, in order (the API's parameter names; InputError.field is one).
+GENERATE_INPUTS = [p for p in inspect.signature(generate).parameters if p != "request"]
 
 
 def stop_run(request: gr.Request) -> None:
