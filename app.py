@@ -301,9 +301,10 @@ def blank_panels(model: str, orders: list[str], runtime: str = "torch") -> str |
     return panels_html(dict(zip(names, render.blank(len(names)), strict=True)))
 
 
-def clear_panels(model: str, class_name: str, orders: list[str], *rest: Any) -> str | dict:
-    """`blank_panels` for Generate's inputs (the validator's): runtime is the 7th after orders."""
-    return blank_panels(model, orders, rest[6])
+def clear_panels(*values: Any) -> str | dict:
+    """`blank_panels` for Generate's inputs (the validator's)."""
+    inputs = dict(zip(GENERATE_INPUTS, values, strict=True))
+    return blank_panels(inputs["model"], inputs["orders"], inputs["runtime"])
 
 
 def fill_defaults(model: str, runtime: str, *values: float | None) -> list:

@@ -252,8 +252,8 @@ def parse(
             raise InputError("steps", f"steps must be a whole number, got {steps}")
     parallel = None if steps in (None, L) else int(steps)
     checked = _field("schedule", lambda: sampling.with_(steps=parallel, schedule=schedule))
-    # One token per step has no schedule: keep the model's, so the request equals its defaults.
-    sampling = checked if parallel else sampling.with_(steps=None)
+    if parallel:  # one token per step has no schedule: the request keeps the model's defaults
+        sampling = checked
     if not load and not cache.has(model, runtime):
         return None
 

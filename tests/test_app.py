@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from conftest import STEP, serve
 from gradio_client import Client
+from gradio_client.client import Job
 from PIL import Image
 
 from rar_demo import studio
@@ -53,8 +54,8 @@ def _finals(out: tuple) -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def run_outputs(client: Client) -> list[tuple]:
-    """Every streamed update of one bundled-model run, raster beside random, at full speed."""
+def run_job(client: Client) -> Job:
+    """One finished bundled-model run, raster beside random, at full speed."""
     job = client.submit(
         model="bundled",
         class_name="Animals & Nature",
@@ -64,7 +65,13 @@ def run_outputs(client: Client) -> list[tuple]:
         api_name="/generate",
     )
     job.result(timeout=300)
-    return job.outputs()
+    return job
+
+
+@pytest.fixture(scope="module")
+def run_outputs(run_job: Job) -> list[tuple]:
+    """Every streamed update of that run."""
+    return run_job.outputs()
 
 
 def _image(path: str) -> np.ndarray:
@@ -105,16 +112,9 @@ def test_halfway_raster_frame_shows_done_rows_above_pending_rows(run_outputs: li
     assert tuple(frame[row * cell, col * cell]) == HIGHLIGHT
 
 
-def test_the_result_holds_distinct_finals_an_animation_and_plots(client: Client) -> None:
+def test_the_result_holds_distinct_finals_an_animation_and_plots(run_job: Job) -> None:
     """What a client that only asks for the result gets: everything, not "update" markers."""
-    result = client.predict(
-        model="bundled",
-        class_name="Animals & Nature",
-        orders=ORDERS,
-        seed=0,
-        speed=studio.SPEED_RANGE[1],
-        api_name="/generate",
-    )
+    result = run_job.result()
     assert result[0].startswith("**Done**")
     raster, random = _finals(result)
     assert [item["caption"] for item in result[2]] == ORDERS
