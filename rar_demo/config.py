@@ -1,4 +1,4 @@
-"""Configs for the two networks (with named presets) and for the sampler.
+"""Configs for the networks (with named presets) and for the sampler.
 
 Which model uses which preset, and its sampling defaults, is the registry's (registry.py).
 
@@ -144,6 +144,34 @@ class VQGANConfig:
         return self.resolution // self.downsample_factor
 
 
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """The emoji identity classifier that scores generated samples (evaluate.py): a small
+    ResNet, one stage per width, each halving the image."""
+
+    widths: tuple[int, ...] = (16, 32, 64, 128)
+    blocks_per_stage: int = 1
+    resolution: int = 64
+    num_classes: int = 1870
+
+    def __post_init__(self) -> None:
+        if not self.widths or any(not isinstance(w, int) or w <= 0 for w in self.widths):
+            raise ValueError(f"widths must be positive ints, got {self.widths}")
+        _require_positive_ints(self, ("blocks_per_stage", "resolution", "num_classes"))
+        if self.resolution % 2 ** len(self.widths):
+            raise ValueError(
+                f"resolution {self.resolution} is not divisible by 2^{len(self.widths)}"
+            )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        picked = _pick(cls, data)
+        return cls(**{**picked, "widths": tuple(picked.get("widths", cls.widths))})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "widths": list(self.widths)}
+
+
 SCHEDULES: tuple[str, ...] = ("constant", "cosine")  # tokens per step, see sampler
 
 
@@ -220,3 +248,5 @@ VQGAN_PRESETS: dict[str, VQGANConfig] = {
         codebook_size=512,
     ),
 }
+
+CLASSIFIER_PRESETS: dict[str, ClassifierConfig] = {"emoji": ClassifierConfig()}

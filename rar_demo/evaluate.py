@@ -2,9 +2,13 @@
 
     python -m rar_demo.evaluate --out runs/eval
 
-Tokenizer: held-out reconstruction PSNR and codebook usage over the whole dataset. Generator:
-held-out negative log-likelihood per token (nats), teacher-forced, in raster and in random
-order. Sheet: every class x (raster, random) x several seeds, sampled with the model defaults.
+Tokenizer: held-out reconstruction PSNR per artwork set and codebook use over the whole
+dataset. Generator: held-out negative log-likelihood per token (nats), teacher-forced, in
+raster and in random order; and recognition, as ImageNet generators are judged by a
+pretrained classifier: the emoji identity classifier (classifier.py, trained with
+`train classifier`) names the emoji of samples drawn at the model's default settings, for
+--classes classes spread over every group, in each of ORDERS; its score on the real held-out
+artwork is the ceiling. Sheet: for each group, 2 classes x ORDERS x 2 seeds.
 
 --int8 also compares the ONNX export in fp32 with its int8 version (int8.png, and metrics):
 greedy-token agreement, and the int8 decoder's PSNR against fp32 on the same tokens.
@@ -15,20 +19,25 @@ from __future__ import annotations
 import argparse
 import json
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import Tensor
 
-from .data import CACHE_PATH, load_or_build
-from .metrics import heldout_nll, psnr
+from .classifier import CLASSIFIER_PATH, load_classifier
+from .data import CACHE_PATH, EmojiDataset, load_or_build
+from .metrics import heldout_nll, psnr, recognition
+from .orders import make_order
 from .pipeline import Pipeline, load_pipeline
 from .registry import BUNDLED_DIR
 from .render import sheet, stack, to_uint8
-from .sampler import StepEvent
+from .sampler import StepEvent, generate
 from .vqgan import to_tensor, tokenize
+
+ORDERS: tuple[str, ...] = ("raster", "random", "spiral", "checkerboard", "center-out")
 
 
 def _final(events: Iterator[StepEvent]) -> Tensor:
@@ -36,9 +45,82 @@ def _final(events: Iterator[StepEvent]) -> Tensor:
     return last.canvas
 
 
+def spread_classes(groups: Sequence[str], count: int, floor: int = 2) -> list[int]:
+    """About `count` class ids, evenly spaced within each group, every group in proportion to
+    its size but with at least `floor`: a sample of the classes that no group is missing
+    from. count 0: `floor` from each group."""
+    members: dict[str, list[int]] = {}
+    for i, group in enumerate(groups):
+        members.setdefault(group, []).append(i)
+    picked = []
+    for ids in members.values():
+        n = min(len(ids), max(floor, round(count * len(ids) / len(groups))))
+        picked.extend(ids[int(k * len(ids) / n)] for k in range(n))
+    return sorted(picked)
+
+
 @torch.inference_mode()
-def compare_int8(pipe: Pipeline, out: Path, seed: int = 0) -> dict:
-    """fp32 vs int8 ONNX on every class, raster and random: same seed, so any difference is
+def draw(
+    pipe: Pipeline,
+    class_ids: Sequence[int],
+    orders: Sequence[str],
+    seed: int,
+    batch_size: int = 128,
+) -> Tensor:
+    """(N, 3, H, W) samples of class_ids[i] in orders[i] at the default settings, in batches;
+    a random order is drawn anew for every class."""
+    if len(class_ids) != len(orders):
+        raise ValueError("one order name per class id")
+    images = []
+    for start in range(0, len(class_ids), batch_size):
+        ids, names = class_ids[start : start + batch_size], orders[start : start + batch_size]
+        permutations = torch.stack(
+            [
+                make_order(name, *pipe.grid, seed=seed * len(pipe.class_names) + c)
+                for c, name in zip(ids, names, strict=True)
+            ]
+        )
+        labels = torch.tensor(list(ids))
+        canvas = generate(pipe.executor, labels, permutations, pipe.sampling, seed + start)
+        images.append(pipe.decode(canvas))
+    return torch.cat(images)
+
+
+def recognition_by_order(
+    pipe: Pipeline, classifier: torch.nn.Module, class_ids: Sequence[int], seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """Top-1 / top-5 recognition of generated samples of `class_ids`, for each of ORDERS."""
+    labels = torch.tensor(list(class_ids))
+    return {
+        order: recognition(
+            classifier, draw(pipe, class_ids, [order] * len(class_ids), seed), labels
+        )
+        for order in ORDERS
+    }
+
+
+def tokenizer_metrics(pipe: Pipeline, data: EmojiDataset) -> dict:
+    heldout = data.heldout_split()
+    images = to_tensor(heldout.images)
+    with torch.inference_mode():
+        recon = torch.cat([pipe.decode(pipe.tokenizer.encode(b)) for b in images.split(256)])
+    scores = psnr(recon, images)
+    per_set = {
+        name: round(scores[torch.from_numpy(heldout.styles == s)].mean().item(), 2)
+        for s, name in enumerate(data.style_names)
+        if (heldout.styles == s).any()
+    }
+    codes = tokenize(pipe.tokenizer, data.images)
+    return {
+        "tokenizer_heldout_psnr_db": round(scores.mean().item(), 2),
+        "tokenizer_heldout_psnr_db_per_set": per_set,
+        "codebook_usage": round(codes.unique().numel() / pipe.tokenizer.config.codebook_size, 3),
+    }
+
+
+@torch.inference_mode()
+def compare_int8(pipe: Pipeline, out: Path, class_ids: Sequence[int], seed: int = 0) -> dict:
+    """fp32 vs int8 ONNX on `class_ids`, raster and random: same seed, so any difference is
     the quantization's."""
     from .backends.onnx import open_export
     from .backends.onnx_export import ensure_export
@@ -55,14 +137,16 @@ def compare_int8(pipe: Pipeline, out: Path, seed: int = 0) -> dict:
     labels = [f"{q} {o[:3]}" for q in ("fp32", "int8") for o in names]
     greedy = pipe.sampling.with_(greedy=True)
     same, total, rows, decoder_psnr = 0, 0, [], []
-    for class_id, name in enumerate(pipe.class_names):
+    for class_id in class_ids:
         a, b = (_final(p.stream(class_id, orders, seed, greedy)) for p in (fp32, int8))
         same, total = same + (a == b).sum().item(), total + a.numel()
         a, b = (_final(p.stream(class_id, orders, seed)) for p in (fp32, int8))
         reference = fp32.decode(a)
         decoder_psnr.append(psnr(int8.decode(a), reference))
         panels = torch.cat([reference, int8.decode(b)])
-        rows.append(sheet(list(to_uint8(panels)), labels, scale=2, footer=name))
+        rows.append(
+            sheet(list(to_uint8(panels)), labels, scale=2, footer=pipe.class_names[class_id])
+        )
     stack(rows).save(out / "int8.png")
     return {
         "int8_greedy_token_agreement": round(same / total, 4),
@@ -70,8 +154,31 @@ def compare_int8(pipe: Pipeline, out: Path, seed: int = 0) -> dict:
     }
 
 
-@torch.inference_mode()
-def evaluate(out: Path, data_path: Path, seeds: int, int8: bool = False) -> dict:
+def sample_sheet(pipe: Pipeline, groups: Sequence[str], seeds: int = 2) -> Image.Image:
+    """For each group, 2 classes x ORDERS x `seeds`, one row per class."""
+    picked = spread_classes(groups, 0)
+    ids = [c for c in picked for _ in ORDERS]
+    by_seed = [draw(pipe, ids, ORDERS * len(picked), seed) for seed in range(seeds)]
+    panels = torch.stack(by_seed, 1).view(len(picked), len(ORDERS) * seeds, *by_seed[0].shape[1:])
+    rows = [
+        sheet(
+            list(to_uint8(row)),
+            [f"{o[:6]} s{s}" for o in ORDERS for s in range(seeds)],
+            scale=2,
+            footer=f"{groups[c]}: {pipe.class_names[c]}",
+        )
+        for c, row in zip(picked, panels, strict=True)
+    ]
+    return stack(rows)
+
+
+def evaluate(
+    out: Path,
+    data_path: Path,
+    classes: int = 300,
+    int8: bool = False,
+    classifier_path: Path = CLASSIFIER_PATH,
+) -> dict:
     pipe = load_pipeline("bundled")
     data = load_or_build(data_path)
     if pipe.class_names != data.class_names:
@@ -79,41 +186,27 @@ def evaluate(out: Path, data_path: Path, seeds: int, int8: bool = False) -> dict
             f"the bundled weights know {len(pipe.class_names)} classes, the dataset at "
             f"{data_path} {len(data.class_names)}: evaluate weights trained on this dataset"
         )
+    classifier, classifier_classes = load_classifier(classifier_path)
+    if classifier_classes != data.class_names:
+        raise SystemExit(f"the classifier at {classifier_path} was trained on other classes")
     heldout = data.heldout_split()
-    images = to_tensor(heldout.images)
-    recon = torch.cat([pipe.decode(pipe.tokenizer.encode(b)) for b in images.split(256)])
-    all_codes = tokenize(pipe.tokenizer, data.images)
-    tokens = tokenize(pipe.tokenizer, heldout.images)
     labels = torch.from_numpy(heldout.labels)
+    tokens = tokenize(pipe.tokenizer, heldout.images)
+    picked = spread_classes(data.class_groups, classes)
     metrics = {
-        "tokenizer_heldout_psnr_db": round(psnr(recon, images).mean().item(), 2),
-        "codebook_usage": round(
-            all_codes.unique().numel() / pipe.tokenizer.config.codebook_size, 3
-        ),
+        **tokenizer_metrics(pipe, data),
         **{f"generator_{k}": v for k, v in heldout_nll(pipe.generator, tokens, labels).items()},
+        "classifier_heldout_real": recognition(classifier, to_tensor(heldout.images), labels),
+        "recognition_classes": len(picked),
+        "recognition": recognition_by_order(pipe, classifier, picked),
         "heldout_images": len(heldout),
         "bundled_bytes": sum(p.stat().st_size for p in BUNDLED_DIR.glob("*.safetensors")),
     }
     out.mkdir(parents=True, exist_ok=True)
     if int8:
-        metrics |= compare_int8(pipe, out)
+        metrics |= compare_int8(pipe, out, spread_classes(data.class_groups, 0, floor=1))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-
-    rows = []
-    for class_id, name in enumerate(pipe.class_names):
-        panels = []
-        for seed in range(seeds):
-            canvas = _final(pipe.stream(class_id, pipe.orders(["raster", "random"], seed), seed))
-            panels.extend(to_uint8(pipe.decode(canvas)))
-        rows.append(
-            sheet(
-                panels,
-                [f"{o} s{s}" for s in range(seeds) for o in ("ras", "rnd")],
-                scale=2,
-                footer=name,
-            )
-        )
-    stack(rows).save(out / "samples.png")
+    sample_sheet(pipe, data.class_groups).save(out / "samples.png")
     print(json.dumps(metrics))
     return metrics
 
@@ -126,10 +219,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("runs/eval"))
     parser.add_argument("--data", type=Path, default=CACHE_PATH)
-    parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--classes", type=int, default=300, help="classes scored per order")
+    parser.add_argument("--classifier", type=Path, default=CLASSIFIER_PATH)
     parser.add_argument("--int8", action="store_true", help="also compare ONNX fp32 vs int8")
     args = parser.parse_args(argv)
-    evaluate(args.out, args.data, args.seeds, args.int8)
+    evaluate(args.out, args.data, args.classes, args.int8, args.classifier)
 
 
 if __name__ == "__main__":

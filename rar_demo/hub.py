@@ -91,9 +91,13 @@ def materialize(
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
-def save_bundled(model: RAR | VQGAN, path: Path, **metadata: object) -> None:
-    """Saves a bundled model as fp16 safetensors with its config in the metadata."""
-    tensors = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
+def save_bundled(model: nn.Module, path: Path, **metadata: object) -> None:
+    """Saves a bundled network (one with a `config`) as fp16 safetensors, its config in the
+    metadata; integer buffers (batch-norm counters) keep their type."""
+    tensors = {
+        k: (v.detach().half() if v.is_floating_point() else v).contiguous()
+        for k, v in model.state_dict().items()
+    }
     meta = {
         "config": json.dumps(model.config.to_dict()),
         **{k: json.dumps(v) for k, v in metadata.items()},
@@ -135,6 +139,21 @@ def load_generator(
     else:
         raise WeightsUnavailable(f"{weights or entry.generator_weights} names no classes")
     return materialize(RAR, config, state, device, dtype), classes
+
+
+def class_annotations(
+    name: str, weights: Path | str | None = None
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(glyphs, groups) of a generator's classes, from the metadata of a bundled weights file
+    (the emoji and their Unicode groups); empty where the weights name none (ImageNet)."""
+    source = Path(weights) if weights is not None else spec(name).generator_weights
+    if not isinstance(source, Path) or source.suffix != ".safetensors" or not source.is_file():
+        return (), ()
+    with safe_open(source, "pt") as f:
+        meta = f.metadata() or {}
+    return tuple(json.loads(meta.get("class_glyphs", "[]"))), tuple(
+        json.loads(meta.get("class_groups", "[]"))
+    )
 
 
 def load_tokenizer(

@@ -37,3 +37,17 @@ def heldout_nll(model: RAR, tokens: Tensor, labels: Tensor) -> dict[str, float]:
         f"heldout_nll_{name}": round(nll_per_token(model, tokens, labels, random), 4)
         for name, random in (("raster", False), ("random", True))
     }
+
+
+@torch.inference_mode()
+def recognition(
+    classifier: torch.nn.Module, images: Tensor, labels: Tensor, batch_size: int = 256
+) -> dict[str, float]:
+    """Top-1 and top-5 accuracy of `classifier` on (N, 3, H, W) images of classes `labels`."""
+    logits = torch.cat([classifier(b) for b in images.split(batch_size)])
+    top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (N, 5)
+    hits = top == labels[:, None].to(top.device)
+    return {
+        "top1": round(hits[:, 0].float().mean().item(), 4),
+        "top5": round(hits.any(dim=1).float().mean().item(), 4),
+    }

@@ -31,11 +31,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import hub
-from .config import RAR_PRESETS, VQGAN_PRESETS, RARConfig, VQGANConfig
+from .classifier import CLASSIFIER_PATH, EmojiClassifier, augment
+from .config import (
+    CLASSIFIER_PRESETS,
+    RAR_PRESETS,
+    VQGAN_PRESETS,
+    ClassifierConfig,
+    RARConfig,
+    VQGANConfig,
+)
 from .data import CACHE_PATH, load_or_build
-from .metrics import heldout_nll, psnr
-from .model import RAR
+from .metrics import heldout_nll, psnr, recognition
+from .model import RAR, condition_ids
 from .orders import sample_orders
+from .registry import BUNDLED_DIR
 from .vqgan import VQGAN, to_tensor, tokenize
 
 LABEL_DROP = 0.1
@@ -281,13 +290,21 @@ def generator_config(
     return config
 
 
-def grow(model: RAR, source: RAR) -> None:
+def grow(model: RAR, source: RAR, class_map: Tensor | None = None) -> None:
     """Loads `source` into `model`, which may be deeper: the source blocks keep their order,
     spread evenly, and the other blocks keep their adaLN-Zero initialisation, under which a
-    block is the identity. So the grown model starts out computing exactly what source does."""
+    block is the identity. So the grown model starts out computing exactly what source does.
+
+    `class_map` (C,) lets `model` have other classes: class c starts from source class
+    class_map[c] (e.g. the emoji "fox" from the group "Animals & Nature"); the null class and
+    the token rows carry over."""
     n, m = len(source.blocks), len(model.blocks)
-    if m < n or replace(source.config, num_hidden_layers=m) != model.config:
+    classes = model.config.condition_num_classes
+    expected = replace(source.config, num_hidden_layers=m, condition_num_classes=classes)
+    if m < n or expected != model.config:
         raise ValueError(f"a generator of {n} layers cannot start this one of {m}")
+    if class_map is None and classes != source.config.condition_num_classes:
+        raise ValueError("a generator with other classes needs a class_map")
     slots = [i * m // n for i in range(n)]
     state = {}
     for key, value in source.state_dict().items():
@@ -295,9 +312,25 @@ def grow(model: RAR, source: RAR) -> None:
             _, i, rest = key.split(".", 2)
             key = f"blocks.{slots[int(i)]}.{rest}"
         state[key] = value
+    if class_map is not None:
+        if class_map.shape != (classes,) or not (
+            0 <= class_map.min() and class_map.max() < source.config.condition_num_classes
+        ):
+            raise ValueError(f"class_map must be ({classes},) source class ids")
+        rows = torch.arange(model.config.codebook_size + 1)  # image tokens and the mask token
+        labels = torch.cat([class_map, torch.tensor([source.config.null_class])])
+        rows = torch.cat([rows, condition_ids(source.config, labels)])
+        state["embeddings.weight"] = state["embeddings.weight"][rows]
     missing, _ = model.load_state_dict(state, strict=False)
     new = tuple(f"blocks.{i}." for i in set(range(m)) - set(slots))
     assert all(k.startswith(new) for k in missing), missing
+
+
+def group_class_map(class_groups: tuple[str, ...], source_classes: tuple[str, ...]) -> Tensor:
+    """(C,) for `grow`: each class starts from the source class named after its group (the
+    first bundled model was conditioned on the emoji groups), else from source class 0."""
+    index = {name: i for i, name in enumerate(source_classes)}
+    return torch.tensor([index.get(group, 0) for group in class_groups])
 
 
 def train_generator(args: argparse.Namespace) -> None:
@@ -320,7 +353,9 @@ def train_generator(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     model = RAR(config).to(device)
     if args.init:  # go on from exported weights (fp16), e.g. the shipped bundled generator
-        grow(model, hub.load_generator("bundled", weights=args.init)[0])
+        source, source_classes = hub.load_generator("bundled", weights=args.init)
+        same = source_classes == data.class_names
+        grow(model, source, None if same else group_class_map(data.class_groups, source_classes))
     # As in the official recipe: no weight decay on norms, biases and embedding tables.
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
@@ -360,17 +395,81 @@ def train_generator(args: argparse.Namespace) -> None:
             run.log({"step": step + 1, **heldout_nll(model, heldout_tokens, heldout_labels)})
 
 
+def train_classifier(args: argparse.Namespace) -> None:
+    """The identity classifier of evaluate.py, on the training artwork, augmented; with
+    --tokenizer also on that tokenizer's reconstructions, as generated samples come out of
+    its decoder. Held-out artwork measures the ceiling a generator's samples are held to."""
+    device = args.device
+    data = load_or_build(args.data)
+    train, heldout = data.train(), data.heldout_split()
+    images, labels = to_tensor(train.images), torch.from_numpy(train.labels)
+    test_images, test_labels = to_tensor(heldout.images), torch.from_numpy(heldout.labels)
+    if args.tokenizer:
+        tokenizer = tokenizer_from_run(args.tokenizer)
+        images = torch.cat([images, reconstruct(tokenizer, images)])
+        labels = labels.repeat(2)
+    images, labels = images.to(device), labels.to(device)
+    config = replace(CLASSIFIER_PRESETS[args.preset], num_classes=len(data.class_names))
+    torch.manual_seed(args.seed)
+    model = EmojiClassifier(config).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
+    run = Run(args.out, args)
+    start = run.resume(model, opt)
+    gen = torch.Generator().manual_seed(args.seed + start)
+    batch_iter = batches(len(images), args.batch_size, gen)
+    for step in range(start, args.steps):
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
+        idx = next(batch_iter).to(device)
+        model.train()
+        logits = model(augment(images[idx], gen))
+        loss = F.cross_entropy(logits, labels[idx], label_smoothing=0.1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
+            model.eval()
+            scores = recognition(model, test_images.to(device), test_labels)
+            heldout_scores = {f"heldout_{k}": v for k, v in scores.items()}
+            run.log({"step": step + 1, "loss": round(loss.item(), 4), **heldout_scores})
+        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+            run.save(model, opt, step + 1, config.to_dict())
+
+
+def reconstruct(tokenizer: VQGAN, images: Tensor) -> Tensor:
+    """(N, 3, H, W) -> the tokenizer's reconstructions, on the CPU."""
+    with torch.no_grad():
+        return torch.cat([tokenizer.decode(tokenizer.encode(b)) for b in images.split(256)])
+
+
 def export(args: argparse.Namespace) -> None:
-    """Writes the bundled weights (fp16 safetensors, config and classes in the metadata)."""
-    tokenizer = tokenizer_from_run(args.tokenizer)
-    config, weights = load_checkpoint(args.generator)
-    generator = RAR(RARConfig.from_dict(config))
-    generator.load_state_dict(weights)
-    classes = list(load_or_build(args.data).class_names)
-    hub.save_bundled(tokenizer, args.out / "tokenizer.safetensors")
-    hub.save_bundled(generator, args.out / "generator.safetensors", class_names=classes)
-    sizes = {p.name: p.stat().st_size for p in args.out.glob("*.safetensors")}
-    print(json.dumps({"exported": str(args.out), "bytes": sizes}))
+    """Writes fp16 safetensors, config and classes in the metadata: the bundled tokenizer and
+    generator into --out, the classifier to --classifier-out."""
+    data = load_or_build(args.data)
+    classes = {"class_names": list(data.class_names)}
+    # The app shows each class as its emoji and tells a group name from a class name.
+    annotated = {
+        **classes,
+        "class_glyphs": list(data.class_emoji),
+        "class_groups": list(data.class_groups),
+    }
+    files = []
+    if args.tokenizer:
+        files.append(args.out / "tokenizer.safetensors")
+        hub.save_bundled(tokenizer_from_run(args.tokenizer), files[-1])
+    for run, network, config_cls, path, metadata in (
+        (args.generator, RAR, RARConfig, args.out / "generator.safetensors", annotated),
+        (args.classifier, EmojiClassifier, ClassifierConfig, args.classifier_out, classes),
+    ):
+        if run:
+            config, weights = load_checkpoint(run)
+            model = network(config_cls.from_dict(config))
+            model.load_state_dict(weights)
+            hub.save_bundled(model, path, **metadata)
+            files.append(path)
+    if not files:
+        raise SystemExit("nothing to export: give --tokenizer, --generator or --classifier")
+    print(json.dumps({"exported": {str(p): p.stat().st_size for p in files}}))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -384,11 +483,12 @@ def main(argv: list[str] | None = None) -> None:
         ("tokenizer", 3000, 1e-3, 32),
         ("decoder", 600, 5e-4, 8),
         ("generator", 3000, 1e-3, 64),
+        ("classifier", 3000, 2e-3, 128),
     )
     for name, steps, lr, batch in stages:
         p = sub.add_parser(name)
         p.add_argument("--out", type=Path, required=True)
-        p.add_argument("--preset", default="bundled")
+        p.add_argument("--preset", default="emoji" if name == "classifier" else "bundled")
         p.add_argument("--data", type=Path, default=CACHE_PATH)
         p.add_argument("--steps", type=int, default=steps)
         p.add_argument("--batch-size", type=int, default=batch)
@@ -409,8 +509,9 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument(
                 "--tokenizer",
                 type=Path,
-                required=True,
-                help="a tokenizer run folder or exported tokenizer.safetensors",
+                required=name != "classifier",
+                help="a tokenizer run folder or exported tokenizer.safetensors"
+                + (" (also train on its reconstructions)" if name == "classifier" else ""),
             )
         if name == "generator":
             p.add_argument("--init", type=Path, help="start from exported generator weights")
@@ -421,11 +522,13 @@ def main(argv: list[str] | None = None) -> None:
             )
             p.add_argument("--width", type=int, help="hidden size, if not the preset's")
             p.add_argument("--balanced", action="store_true", help="draw every class equally often")
-    p = sub.add_parser("export", help="write the trained runs into assets/bundled")
-    p.add_argument("--tokenizer", type=Path, required=True)
-    p.add_argument("--generator", type=Path, required=True)
+    p = sub.add_parser("export", help="write trained runs into assets/ (any of the three)")
+    p.add_argument("--tokenizer", type=Path)
+    p.add_argument("--generator", type=Path)
+    p.add_argument("--classifier", type=Path)
     p.add_argument("--data", type=Path, default=CACHE_PATH)
-    p.add_argument("--out", type=Path, default=Path("assets/bundled"))
+    p.add_argument("--out", type=Path, default=BUNDLED_DIR)
+    p.add_argument("--classifier-out", type=Path, default=CLASSIFIER_PATH)
     args = parser.parse_args(argv)
     torch.set_float32_matmul_precision("high")
     if getattr(args, "threads", None):
@@ -434,6 +537,7 @@ def main(argv: list[str] | None = None) -> None:
         "tokenizer": train_tokenizer,
         "decoder": train_decoder,
         "generator": train_generator,
+        "classifier": train_classifier,
         "export": export,
     }
     stage[args.what](args)

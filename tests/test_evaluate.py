@@ -2,20 +2,72 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections import Counter
 
+import pytest
+import torch
 from PIL import Image
 
-from rar_demo.evaluate import compare_int8
+from rar_demo.classifier import EmojiClassifier
+from rar_demo.config import ClassifierConfig
+from rar_demo.evaluate import (
+    ORDERS,
+    compare_int8,
+    draw,
+    recognition_by_order,
+    sample_sheet,
+    spread_classes,
+)
 from rar_demo.pipeline import load_pipeline
 
+GROUPS = ("a",) * 50 + ("b",) * 30 + ("c",) * 3 + ("d",) * 1
 
-def test_int8_comparison_on_the_bundled_model(tmp_path, monkeypatch) -> None:
+
+@pytest.fixture(scope="module")
+def pipe():
+    return load_pipeline("bundled")
+
+
+def test_classes_are_spread_over_every_group_in_proportion() -> None:
+    picked = spread_classes(GROUPS, 42)
+    per_group = Counter(GROUPS[i] for i in picked)
+    assert per_group == {"a": 25, "b": 15, "c": 2, "d": 1}  # at least 2, where a group has 2
+    assert picked == sorted(set(picked)) == spread_classes(GROUPS, 42)
+    assert picked[:3] == [0, 2, 4]  # evenly spaced within the group
+    assert Counter(GROUPS[i] for i in spread_classes(GROUPS, 0)) == {"a": 2, "b": 2, "c": 2, "d": 1}
+
+
+def test_samples_are_drawn_per_class_and_order_in_batches(pipe) -> None:
+    ids, orders = [0, 1, 0], ["raster", "random", "spiral"]
+    images = draw(pipe, ids, orders, seed=3, batch_size=2)
+    side = pipe.tokenizer.config.resolution
+    assert images.shape == (3, 3, side, side)
+    torch.testing.assert_close(images, draw(pipe, ids, orders, seed=3, batch_size=2))
+    with pytest.raises(ValueError, match="one order name per class"):
+        draw(pipe, ids, orders[:2], seed=0)
+
+
+def test_recognition_is_scored_in_every_order(pipe) -> None:
+    torch.manual_seed(0)
+    classes = len(pipe.class_names)
+    classifier = EmojiClassifier(ClassifierConfig(widths=(8, 16), num_classes=classes)).eval()
+    scores = recognition_by_order(pipe, classifier, [0, 1])
+    assert tuple(scores) == ORDERS
+    assert all(0 <= s["top1"] <= s["top5"] <= 1 for s in scores.values())
+
+
+def test_the_sample_sheet_has_a_row_per_class_and_a_panel_per_order_and_seed(pipe) -> None:
+    groups = ("x",) * 3 + ("y",) * (len(pipe.class_names) - 3)
+    image = sample_sheet(pipe, groups, seeds=1)
+    side = 2 * pipe.tokenizer.config.resolution
+    assert image.width > len(ORDERS) * side and image.height > 4 * side  # 2 groups x 2 classes
+
+
+def test_int8_comparison_on_the_bundled_model(pipe, tmp_path, monkeypatch) -> None:
     """`evaluate --int8` on one class: the int8 decoder (ranges calibrated on random codes)
     keeps the picture; the int8 generator's greedy tokens are compared with fp32's."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    pipe = load_pipeline("bundled")
-    metrics = compare_int8(replace(pipe, class_names=pipe.class_names[:1]), tmp_path)
+    metrics = compare_int8(pipe, tmp_path, [0])
     assert metrics["int8_decoder_psnr_db"] > 35  # measured about 39 over all classes
     assert 0 < metrics["int8_greedy_token_agreement"] <= 1
     assert Image.open(tmp_path / "int8.png").size[0] > 4 * pipe.tokenizer.config.resolution

@@ -1,4 +1,4 @@
-"""Quality measures: PSNR and the teacher-forced NLL in either order."""
+"""Quality measures: PSNR, the teacher-forced NLL in either order, classifier recognition."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import pytest
 import torch
 from conftest import TINY_RAR
 
-from rar_demo.metrics import heldout_nll, nll_per_token, psnr
+from rar_demo.classifier import EmojiClassifier
+from rar_demo.config import ClassifierConfig
+from rar_demo.metrics import heldout_nll, nll_per_token, psnr, recognition
 from rar_demo.model import RAR
 from rar_demo.train import rar_loss
 
@@ -38,3 +40,42 @@ def test_heldout_nll_is_the_mean_cross_entropy_in_either_order() -> None:
         "heldout_nll_raster": round(raster, 4),
         "heldout_nll_random": round(random, 4),
     }
+
+
+class FixedLogits(torch.nn.Module):
+    """A classifier whose answer is known: image i gets logits[i]."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits[images[:, 0, 0, 0].long()]  # the image's first pixel is its index
+
+
+def test_recognition_counts_top1_and_top5() -> None:
+    # Ten classes ranked 9, 8, ..., 0 for every image: class 9 is top-1, classes 9-5 are top-5.
+    logits = torch.arange(10.0).flip(0).repeat(4, 1)
+    images = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 2, 2)
+    labels = torch.tensor([0, 9, 5, 4])  # ranked 10th, 1st, 5th, 6th
+    scores = recognition(FixedLogits(logits), images, labels, batch_size=3)
+    assert scores == {"top1": 0.25, "top5": 0.5}
+
+
+def test_recognition_of_a_tiny_trained_classifier() -> None:
+    """A tiny EmojiClassifier learns four solid colours: it names them all, and scoring the
+    same images under wrong labels gives 0 (top-5 of 4 classes is every class)."""
+    torch.manual_seed(0)
+    colours = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [1.0, 1.0, 0]])
+    images = colours[:, :, None, None].expand(4, 3, 16, 16).repeat(3, 1, 1, 1)
+    labels = torch.arange(4).repeat(3)
+    model = EmojiClassifier(ClassifierConfig(widths=(8, 16), resolution=16, num_classes=4))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(30):
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    assert recognition(model, images, labels) == {"top1": 1.0, "top5": 1.0}
+    assert recognition(model, images, (labels + 1) % 4)["top1"] == 0.0

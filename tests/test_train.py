@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import TINY_RAR
 
+from rar_demo.classifier import load_classifier
 from rar_demo.config import RAR_PRESETS, VQGANConfig
 from rar_demo.data import EmojiClass, EmojiDataset
 from rar_demo.hub import load_generator, load_tokenizer
@@ -18,6 +19,7 @@ from rar_demo.orders import sample_orders
 from rar_demo.train import (
     balanced_batches,
     generator_config,
+    group_class_map,
     grow,
     learning_rate,
     load_checkpoint,
@@ -112,6 +114,37 @@ def test_a_grown_generator_starts_out_computing_the_same_logits() -> None:
         grow(RAR(replace(TINY_RAR, hidden_size=64, intermediate_size=128)), source)
 
 
+def test_a_generator_with_other_classes_starts_each_from_its_source_class() -> None:
+    torch.manual_seed(0)
+    source = RAR(TINY_RAR)
+    for p in source.parameters():
+        p.data.normal_(0, 0.05)
+    C = TINY_RAR.condition_num_classes
+    class_map = torch.tensor([3, 3, 0, C - 1, 1, 2, 3])
+    model = RAR(replace(TINY_RAR, condition_num_classes=len(class_map)))
+    grow(model, source, class_map)
+    tokens = torch.randint(0, TINY_RAR.codebook_size, (8, 16))
+    orders = torch.stack([torch.randperm(16) for _ in range(8)])
+    labels = torch.tensor([*range(len(class_map)), model.config.null_class])
+    source_labels = torch.tensor([*class_map.tolist(), TINY_RAR.null_class])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(tokens, labels, orders), source(tokens, source_labels, orders), atol=1e-6, rtol=0
+        )
+    with pytest.raises(ValueError, match="class_map"):
+        grow(model, source)
+    with pytest.raises(ValueError, match="class_map"):
+        grow(model, source, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="class_map"):
+        grow(model, source, class_map + C)
+
+
+def test_emoji_classes_start_from_their_group() -> None:
+    groups = ("Flags", "Animals & Nature", "Flags", "Something new")
+    source = ("Animals & Nature", "Flags")
+    assert group_class_map(groups, source).tolist() == [1, 0, 1, 0]
+
+
 def test_tokenizer_steps_lower_the_loss() -> None:
     torch.manual_seed(0)
     model = VQGAN(
@@ -198,6 +231,13 @@ def test_training_runs_resume_and_export(tiny_dataset, tmp_path, capsys) -> None
     heldout = [r for r in log if "heldout_nll_raster" in r]
     assert [r["step"] for r in heldout] == [1, 2]  # every checkpoint is scored
     assert all(0 < r["heldout_nll_random"] < 10 for r in heldout)
+    clf = tmp_path / "clf"
+    main(["classifier", "--out", str(clf), "--tokenizer", str(tok), "--steps", "2", *common])
+    log = [json.loads(line) for line in (clf / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "heldout_top5" in r] == [1, 2]
+    assert all(0 <= r["heldout_top1"] <= r["heldout_top5"] <= 1 for r in log if "loss" in r)
+    with pytest.raises(SystemExit, match="nothing to export"):
+        main(["export", "--data", str(tiny_dataset), "--out", str(out)])
     main(
         [
             "export",
@@ -205,12 +245,19 @@ def test_training_runs_resume_and_export(tiny_dataset, tmp_path, capsys) -> None
             str(tok),
             "--generator",
             str(gen),
+            "--classifier",
+            str(clf),
+            "--classifier-out",
+            str(out / "eval" / "classifier.safetensors"),
             "--data",
             str(tiny_dataset),
             "--out",
             str(out),
         ]
     )
+    classifier, classifier_classes = load_classifier(out / "eval" / "classifier.safetensors")
+    assert classifier_classes == tuple(c.name for c in CLASSES)
+    assert classifier.config.num_classes == len(CLASSES)
     model, classes = load_generator("bundled", weights=out / "generator.safetensors")
     assert classes == tuple(c.name for c in CLASSES)
     assert model.config.condition_num_classes == len(CLASSES)
