@@ -178,7 +178,8 @@ def generate(
 
     Args:
         model: "bundled" (offline, emoji) or an official RAR model: rar_b, rar_l, rar_xl, rar_xxl.
-        class_name: a class name (e.g. "golden retriever") or its id.
+        class_name: a class name ("golden retriever"; for "bundled" an emoji's name, "fox",
+            or the emoji itself) or its id.
         orders: 1 to 4 generation orders: raster, random, spiral, center-out, zigzag, column,
             diagonal, checkerboard.
         seed: a whole number; the same seed gives the same images.
@@ -236,8 +237,8 @@ def generate_image(model: str, class_name: str, order: str, seed: float) -> np.n
 
     Args:
         model: "bundled" (offline, emoji) or an official RAR model: rar_b, rar_l, rar_xl, rar_xxl.
-        class_name: a class name (e.g. "golden retriever", or an emoji group for "bundled") or
-            its id.
+        class_name: a class name ("golden retriever"; for "bundled" an emoji's name, "fox",
+            or the emoji itself) or its id.
         order: the generation order: raster, random, spiral, center-out, zigzag, column,
             diagonal or checkerboard.
         seed: a whole number; the same seed gives the same image.
@@ -275,7 +276,7 @@ def select_model(
     pipe = _load(model, runtime)
     if pipe is None:
         return (gr.skip(),) * 5
-    classes = gr.Dropdown(choices=list(pipe.class_names), value=studio.keep_class(pipe, class_name))
+    classes = gr.Dropdown(choices=pipe.class_choices(), value=studio.keep_class(pipe, class_name))
     return classes, *studio.sampler_values(pipe.sampling)
 
 
@@ -359,11 +360,11 @@ def create_demo(model: str | None = None) -> gr.Blocks:
                     )
                 with gr.Row(equal_height=True):
                     class_box = gr.Dropdown(
-                        list(pipe.class_names),
+                        pipe.class_choices(),  # shown as "🦊 fox", searchable; value: "fox"
                         value=pipe.class_names[0],
                         label="Class",
                         filterable=True,
-                        allow_custom_value=True,  # ids and synonyms work too
+                        allow_custom_value=True,  # ids, emoji and synonyms work too
                         scale=5,
                     )
                     class_dice = gr.Button("Any", scale=0, min_width=64, size="sm")

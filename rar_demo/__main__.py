@@ -1,4 +1,4 @@
-"""Command line: `python -m rar_demo generate ...` (see --help)."""
+"""Command line: `python -m rar_demo generate ...` and `python -m rar_demo classes` (see --help)."""
 
 from __future__ import annotations
 
@@ -75,6 +75,17 @@ def generate(args: argparse.Namespace) -> None:
         print(f"wrote {gif} ({len(frames)} frames)")
 
 
+def list_classes(args: argparse.Namespace) -> None:
+    """One line per class: id, label (with its emoji where the model has them), group."""
+    pipe = load_pipeline(args.model, weights=args.weights)
+    text = (args.search or "").lower()
+    for i in range(len(pipe.class_names)):
+        label = pipe.class_label(i)
+        if text in label.lower():
+            group = pipe.class_groups[i] if pipe.class_groups else ""
+            print(f"{i}\t{label}\t{group}".rstrip())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rar_demo")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -84,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         "--class",
         dest="class_",
         required=True,
-        help="class name or id (e.g. 207 or 'golden retriever')",
+        help="class name, id or emoji (bundled: 'fox' or 🦊; RAR: 207 or 'golden retriever')",
     )
     gen.add_argument(
         "--order",
@@ -135,11 +146,17 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="onnx backend, official models: int8 weights (faster; samples differ from fp32)",
     )
+    gen.set_defaults(run=generate)
+    classes = sub.add_parser("classes", help="list a model's classes (id, name, group)")
+    classes.add_argument("--model", default="bundled", help=f"one of {', '.join(MODEL_NAMES)}")
+    classes.add_argument("--weights", type=Path, help="local generator weights instead of the Hub")
+    classes.add_argument("--search", help="only classes whose name contains this")
+    classes.set_defaults(run=list_classes)
     args = parser.parse_args(argv)
-    if len(args.order or []) > 8:
+    if len(getattr(args, "order", None) or []) > 8:
         parser.error("at most 8 orders")
     try:
-        generate(args)
+        args.run(args)
     except (ValueError, WeightsUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

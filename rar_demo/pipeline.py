@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ from torch import Tensor
 from .backends import BACKENDS, Executor, TorchExecutor
 from .backends.graphs import GraphExecutor
 from .config import SamplingConfig
-from .hub import load_generator, load_tokenizer
+from .hub import class_annotations, load_generator, load_tokenizer
 from .model import RAR
 from .orders import make_order
 from .registry import ModelSpec, spec
@@ -30,6 +31,9 @@ class Pipeline:
     # replayed from CUDA graphs), or their ONNX export run by ONNX Runtime (see load_pipeline).
     executor: Executor | None = None
     decoder: Callable[[Tensor], Tensor] | None = None  # (B, N) codes -> (B, 3, H, W) pixels
+    # Per class, where the weights name them (the bundled emoji model): its emoji and group.
+    class_glyphs: tuple[str, ...] = ()
+    class_groups: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.executor = self.executor or torch_executor(self.generator)
@@ -57,9 +61,19 @@ class Pipeline:
         side = self.generator.config.grid_size
         return side, side
 
+    def class_label(self, class_id: int) -> str:
+        """How the class is shown: "🦊 fox" where the weights name its emoji, else its name."""
+        name = self.class_names[class_id]
+        return f"{self.class_glyphs[class_id]} {name}" if self.class_glyphs else name
+
+    def class_choices(self) -> list[tuple[str, str]]:
+        """(label, name) per class, for a searchable picker whose value is the class name."""
+        return [(self.class_label(i), name) for i, name in enumerate(self.class_names)]
+
     def class_id(self, query: str | int) -> int:
-        """A class by id ("207", 207) or by name, case-insensitive: exact, then the unique
-        class whose comma-separated synonyms include it, then a unique substring match."""
+        """A class by id ("207", 207), by name or label ("fox", "🦊 fox"), or by its emoji,
+        case-insensitive: exact, then the unique class whose comma-separated synonyms include
+        it, then a unique substring match. Anything else: a ValueError that says what to try."""
         n = len(self.class_names)
         if isinstance(query, int) or str(query).strip().isdigit():
             idx = int(query)
@@ -69,19 +83,41 @@ class Pipeline:
         text = str(query).strip().lower()
         if not text:
             raise ValueError("no class given")
+        if text in self.class_glyphs:
+            return self.class_glyphs.index(text)
         names = [c.lower() for c in self.class_names]
+        labels = [self.class_label(i).lower() for i in range(n)]
         for match in (
-            lambda c: c == text,
-            lambda c: text in (s.strip() for s in c.split(",")),
-            lambda c: text in c,
+            lambda i: text in (names[i], labels[i]),
+            lambda i: text in (s.strip() for s in names[i].split(",")),
+            lambda i: text in names[i],
         ):
-            hits = [i for i, c in enumerate(names) if match(c)]
+            hits = [i for i in range(n) if match(i)]
             if len(hits) == 1:
                 return hits[0]
             if len(hits) > 1:
-                shown = "; ".join(self.class_names[i] for i in hits[:5])
-                raise ValueError(f"class {query!r} is ambiguous: {shown}")
-        raise ValueError(f"unknown class {query!r} for {self.name}")
+                shown = "; ".join(self.class_label(i) for i in hits[:5])
+                more = f" and {len(hits) - 5} more" if len(hits) > 5 else ""
+                raise ValueError(f"class {query!r} is ambiguous: {shown}{more}")
+        raise ValueError(self._unknown_class(str(query).strip()))
+
+    def _unknown_class(self, query: str) -> str:
+        groups = {g.lower(): g for g in self.class_groups}
+        if query.lower() in groups:
+            group = groups[query.lower()]
+            members = [i for i, g in enumerate(self.class_groups) if g == group]
+            examples = ", ".join(repr(self.class_names[i]) for i in members[:3])
+            return (
+                f"{group!r} is a group of {len(members)} emoji, not one class: "
+                f"pick one of them, e.g. {examples}"
+            )
+        close = difflib.get_close_matches(query.lower(), [c.lower() for c in self.class_names])
+        hint = (
+            f"did you mean {' or '.join(repr(c) for c in close)}?"
+            if close
+            else "list them with `python -m rar_demo classes`"
+        )
+        return f"unknown class {query!r} for {self.name}; {hint}"
 
     def orders(self, names: Sequence[str], seed: int) -> Tensor:
         """(B, L) orders, one row per name; "random" is drawn from `seed`."""
@@ -155,4 +191,5 @@ def load_pipeline(
         executor, decoder = open_export(directory, int8)
     else:
         executor, decoder = torch_executor(generator, compile), None
-    return Pipeline(entry, generator, tokenizer, classes, executor, decoder)
+    glyphs, groups = class_annotations(name, weights)
+    return Pipeline(entry, generator, tokenizer, classes, executor, decoder, glyphs, groups)

@@ -131,3 +131,29 @@ def test_module_entry_point(tmp_path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert out.exists()
+
+
+def test_classes_are_listed_one_per_line_and_each_line_finds_its_class(capsys) -> None:
+    pipe = load_pipeline("bundled")
+    assert main(["classes"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(pipe.class_names)
+    for line in lines:
+        idx, label, *_ = line.split("\t")
+        assert pipe.class_id(label) == int(idx) == pipe.class_id(pipe.class_names[int(idx)])
+    query = pipe.class_names[2][-5:]
+    assert main(["classes", "--search", query.upper()]) == 0
+    found = capsys.readouterr().out.splitlines()
+    assert found and all(query.lower() in line.lower() for line in found)
+
+
+def test_picker_choices_and_command_line_names_are_the_same_classes(tmp_path, capsys) -> None:
+    """What the picker shows (label) and sends (value) and what the CLI and API take by name
+    all mean one class."""
+    pipe = load_pipeline("bundled")
+    for i, (label, value) in enumerate(pipe.class_choices()):
+        assert pipe.class_id(value) == pipe.class_id(label) == i
+    label, value = pipe.class_choices()[-1]
+    out = tmp_path / "last.png"
+    assert main(["generate", "--class", label, "--out", str(out)]) == 0
+    assert f"({value}," in capsys.readouterr().out

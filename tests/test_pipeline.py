@@ -118,6 +118,42 @@ def test_class_id_with_the_real_imagenet_names(generator, tokenizer) -> None:
         real.class_id(1000)
 
 
+EMOJI = ("fox", "dog face", "red heart", "blue heart", "flag: France")
+GLYPHS = ("🦊", "🐶", "❤️", "💙", "🇫🇷")
+GROUPS = ("Animals & Nature", "Animals & Nature", "Smileys & Emotion", "Smileys & Emotion", "Flags")
+
+
+@pytest.fixture(scope="module")
+def emoji_pipe(generator, tokenizer) -> Pipeline:
+    return replace(_pipeline(generator, tokenizer, EMOJI), class_glyphs=GLYPHS, class_groups=GROUPS)
+
+
+def test_emoji_classes_are_shown_with_their_glyph_and_found_by_it(emoji_pipe, pipe) -> None:
+    assert emoji_pipe.class_label(0) == "🦊 fox"
+    assert emoji_pipe.class_choices()[4] == ("🇫🇷 flag: France", "flag: France")
+    assert pipe.class_choices()[4] == ("golden retriever", "golden retriever")  # no glyphs
+    for query, expected in [("fox", 0), ("🦊", 0), ("🦊 fox", 0), ("🐶 Dog Face", 1), ("💙", 3)]:
+        assert emoji_pipe.class_id(query) == expected
+    with pytest.raises(ValueError, match="ambiguous: ❤️ red heart; 💙 blue heart"):
+        emoji_pipe.class_id("heart")
+
+
+def test_a_group_name_is_not_a_class_and_says_which_are(emoji_pipe) -> None:
+    with pytest.raises(ValueError) as info:
+        emoji_pipe.class_id("animals & nature")
+    assert str(info.value) == (
+        "'Animals & Nature' is a group of 2 emoji, not one class: pick one of them, "
+        "e.g. 'fox', 'dog face'"
+    )
+
+
+def test_an_unknown_name_suggests_the_closest(emoji_pipe, pipe) -> None:
+    with pytest.raises(ValueError, match=r"unknown class 'foxx' .*did you mean 'fox'\?"):
+        emoji_pipe.class_id("foxx")
+    with pytest.raises(ValueError, match=r"unknown class 'zebra' .*python -m rar_demo classes"):
+        pipe.class_id("zebra")
+
+
 # --- Pipeline streaming and decoding --------------------------------------------------------
 
 
