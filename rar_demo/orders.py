@@ -110,6 +110,14 @@ def sample_orders(batch: int, length: int, ratio: float, gen: torch.Generator) -
     return orders
 
 
+def kept_first(orders: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Orders for an edit: the kept cells first (keep (L,) bool, in raster order), then the
+    others in the order each row of `orders` (B, L) visits them."""
+    kept = torch.nonzero(keep).flatten()
+    rest = [row[~keep[row]] for row in orders]  # each row's own order, kept cells left out
+    return torch.stack([torch.cat([kept, r]) for r in rest])
+
+
 def validate_order(
     order: Sequence[int] | np.ndarray | torch.Tensor, num_positions: int
 ) -> torch.Tensor:

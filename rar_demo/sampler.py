@@ -1,7 +1,9 @@
 """Token-by-token sampling for RAR in any order, streamed one event per step.
 
 One batch may hold samples with different orders: the model only sees per-sample position
-tables, so side-by-side panels cost one forward pass per step. Each sample draws its randomness
+tables, so side-by-side panels cost one forward pass per step. An edit gives some cells'
+tokens (a `prompt`): the orders visit those first, they are teacher-forced in one batched
+prefill, and the sampler generates the rest. Each sample draws its randomness
 from its own seeded stream (inverse-CDF sampling against pre-drawn uniforms), so a panel comes
 out the same whether it is generated alone or next to others.
 """
@@ -35,6 +37,7 @@ class StepEvent:
     canvas: Tensor  # (B, L) tokens by raster position so far, -1 where not generated yet
     round: int = 0  # the step of the sampler (several tokens per step: see SamplingConfig.steps)
     num_rounds: int = 1
+    given: int = 0  # cells given by an edit's prompt: steps 0 .. given - 1, never yielded
 
     @property
     def done(self) -> bool:
@@ -76,20 +79,53 @@ def _pick(probs: Tensor, uniforms: Tensor | None) -> Tensor:
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_max(probs.shape[-1] - 1)
 
 
-def check_steps(executor: Executor, config: SamplingConfig) -> None:
-    """Raises ValueError unless `executor` can run `config`'s steps."""
+def check_steps(executor: Executor, config: SamplingConfig, given: int = 0) -> None:
+    """Raises ValueError unless `executor` can run `config`'s steps (for L - given cells)."""
     L = executor.config.image_seq_len
-    tokens_per_step(config.schedule, config.steps or L, L)
-    if (config.steps or L) < L and getattr(executor, "decode_round", None) is None:
+    counts = _counts(config, L, given)
+    if len(counts) < L - given and getattr(executor, "decode_round", None) is None:
         raise ValueError(
             f"several tokens per step run on the torch runtime; {type(executor).__name__} "
             "feeds one token per step"
         )
 
 
-def _validate(executor: Executor, labels: Tensor, orders: Tensor, config: SamplingConfig) -> None:
+def _counts(config: SamplingConfig, L: int, given: int) -> list[int]:
+    """Tokens per step for the L - given cells to generate; an edit with fewer cells than
+    `config.steps` takes one per step."""
+    if config.steps is not None:
+        tokens_per_step(config.schedule, config.steps, L)  # the setting itself must be valid
+    todo = L - given
+    return tokens_per_step(config.schedule, min(config.steps or todo, todo), todo)
+
+
+def check_prompt(prompt: Tensor, orders: Tensor, codebook_size: int) -> int:
+    """The number of cells an edit's prompt (B, L) gives (tokens by raster position, -1 where
+    to generate), after checking that every row gives as many and `orders` visits them first;
+    ValueError otherwise."""
+    if prompt.shape != orders.shape:
+        raise ValueError(f"prompt must have shape {tuple(orders.shape)}, got {tuple(prompt.shape)}")
+    if prompt.min() < -1 or prompt.max() >= codebook_size:
+        raise ValueError(f"prompt tokens must be in [0, {codebook_size}), or -1 to generate")
+    given = prompt >= 0
+    K = int(given[0].sum())
+    if (given.sum(1) != K).any():
+        raise ValueError("every row of the prompt must give the same number of cells")
+    if K == prompt.shape[1]:
+        raise ValueError("the prompt gives every cell: nothing is left to generate")
+    if not given.gather(1, orders.cpu()[:, :K]).all():
+        raise ValueError("the orders must visit the prompt's cells first (see orders.kept_first)")
+    return K
+
+
+def _validate(
+    executor: Executor,
+    labels: Tensor,
+    orders: Tensor,
+    config: SamplingConfig,
+    prompt: Tensor | None,
+) -> int:
     net = executor.config
-    check_steps(executor, config)
     # A repeated or out-of-range position would silently leave cells unfilled (-1) or index
     # past the canvas; every row must visit each raster position exactly once.
     validate_orders(orders, net.image_seq_len)
@@ -98,6 +134,9 @@ def _validate(executor: Executor, labels: Tensor, orders: Tensor, config: Sampli
         raise ValueError(f"labels must have shape ({B},), got {tuple(labels.shape)}")
     if labels.min() < 0 or labels.max() >= net.condition_num_classes:
         raise ValueError(f"class ids must be in [0, {net.condition_num_classes})")
+    given = 0 if prompt is None else check_prompt(prompt.cpu(), orders, net.codebook_size)
+    check_steps(executor, config, given)
+    return given
 
 
 def stream(
@@ -106,46 +145,62 @@ def stream(
     orders: Tensor,
     config: SamplingConfig,
     seed: int = 0,
+    prompt: Tensor | None = None,
 ) -> Iterator[StepEvent]:
     """Generates one image per row of `orders`, yielding a StepEvent after every step.
 
     labels (B,) class ids in [0, C); orders (B, L) with orders[b, i] the raster position of
-    step i. Bad arguments raise ValueError here, before any work. Stop at any time by
-    abandoning or closing the iterator: the KV cache is local to the generation and goes
-    with it.
+    step i. prompt (B, L): an edit's given tokens by raster position, -1 where to generate;
+    the orders visit the given cells first (see `check_prompt`). Bad arguments raise
+    ValueError here, before any work. Stop at any time by abandoning or closing the iterator:
+    the KV cache is local to the generation and goes with it.
     """
-    _validate(executor, labels, orders, config)
-    return _events(executor, labels, orders, config, seed)
+    given = _validate(executor, labels, orders, config, prompt)
+    return _events(executor, labels, orders, config, seed, prompt if given else None)
 
 
 def generate(
-    executor: Executor, labels: Tensor, orders: Tensor, config: SamplingConfig, seed: int = 0
+    executor: Executor,
+    labels: Tensor,
+    orders: Tensor,
+    config: SamplingConfig,
+    seed: int = 0,
+    prompt: Tensor | None = None,
 ) -> Tensor:
     """Generates without streaming; returns the (B, L) tokens by raster position, on the CPU.
 
     The same tokens as `stream`, but nothing leaves the device until the end, so on a GPU the
     host queues steps ahead of the kernels instead of waiting for each one.
     """
-    _validate(executor, labels, orders, config)
+    given = _validate(executor, labels, orders, config, prompt)
+    prompt = prompt if given else None
     orders = orders.to(executor.device)
     B, L = orders.shape
     canvas = torch.empty((B, L), dtype=torch.long, device=executor.device)
+    if prompt is not None:
+        canvas.copy_(prompt)
     rows = torch.arange(B, device=executor.device)
-    for start, tokens, _ in _sample(executor, labels, orders, config, seed):
+    for start, tokens, _ in _sample(executor, labels, orders, config, seed, prompt):
         for j in range(tokens.shape[1]):
             canvas[rows, orders[:, start + j]] = tokens[:, j]
     return canvas.cpu()
 
 
 def _events(
-    executor: Executor, labels: Tensor, orders: Tensor, config: SamplingConfig, seed: int
+    executor: Executor,
+    labels: Tensor,
+    orders: Tensor,
+    config: SamplingConfig,
+    seed: int,
+    prompt: Tensor | None,
 ) -> Iterator[StepEvent]:
     orders = orders.cpu()
     B, L = orders.shape
-    canvas = torch.full((B, L), -1, dtype=torch.long)
+    canvas = torch.full((B, L), -1, dtype=torch.long) if prompt is None else prompt.cpu().clone()
+    given = int((canvas[0] >= 0).sum())
     rows = torch.arange(B)
-    num_rounds = len(tokens_per_step(config.schedule, config.steps or L, L))
-    rounds = _sample(executor, labels, orders, config, seed)
+    num_rounds = len(_counts(config, L, given))
+    rounds = _sample(executor, labels, orders, config, seed, prompt)
     for round_, (start, tokens, probs) in enumerate(rounds):
         chosen = probs.gather(-1, tokens[..., None]).squeeze(-1)
         entropy = torch.special.entr(probs).sum(-1)
@@ -165,6 +220,7 @@ def _events(
                 canvas=canvas.clone(),
                 round=round_,
                 num_rounds=num_rounds,
+                given=given,
             )
 
 
@@ -215,26 +271,40 @@ def _choose(
 
 @torch.no_grad()  # not inference_mode: what it yields is used outside it
 def _sample(
-    executor: Executor, labels: Tensor, orders: Tensor, config: SamplingConfig, seed: int
+    executor: Executor,
+    labels: Tensor,
+    orders: Tensor,
+    config: SamplingConfig,
+    seed: int,
+    prompt: Tensor | None = None,
 ) -> Iterator[tuple[int, Tensor, Tensor]]:
     """Yields (first step, tokens (B, k), probs (B, k, V)) per step of `config.steps`, on the
     model's device, never waiting on it. One token per step feeds each token as it comes
     (every executor); several per step run rounds of real inputs and queries
-    (`RAR.decode_round`)."""
+    (`RAR.decode_round`), and so does an edit's prefill of the prompt's K given tokens where
+    the executor can (else they are fed one step each)."""
     net, device = executor.config, executor.device
     B, L = orders.shape
     labels, orders = labels.to(device), orders.to(device)
     guided = config.guidance_scale != 0
-    if guided:  # rows [0, B) conditional, [B, 2B) unconditional
+    K = 0 if prompt is None else int((prompt[0] >= 0).sum())
+    given = None if prompt is None else prompt.to(device).gather(1, orders[:, :K])  # (B, K)
+    if guided:  # rows [0, B) conditional, [B, 2B) unconditional, which see the same prompt
         labels = torch.cat([labels, torch.full_like(labels, net.null_class)])
         orders = orders.repeat(2, 1)
+        given = None if given is None else given.repeat(2, 1)
     uniforms = None if config.greedy else draw_uniforms(seed, B, L).to(device)
     cache = executor.new_cache(labels.shape[0])
-    counts = tokens_per_step(config.schedule, config.steps or L, L)
+    counts = _counts(config, L, K)
+    batched = getattr(executor, "decode_round", None) is not None
 
-    if len(counts) == L:
+    if len(counts) == L - K and not (K and batched):
         logits = executor.prefill(cache, labels, orders[:, 0])
-        for step in range(L):
+        for i in range(K):  # the prompt, teacher-forced
+            logits = executor.decode_step(
+                cache, i + 1, given[:, i], orders[:, i], orders[:, i + 1], labels
+            )
+        for step in range(K, L):
             tokens, probs = _choose(logits[:, None], config, B, step, L, uniforms)
             yield step, tokens, probs
             if step + 1 < L:
@@ -244,7 +314,9 @@ def _sample(
                 )
         return
 
-    real, first_slot, start = prefill_inputs(net, labels, orders[:, 0]), 0, 0
+    real, first_slot, start = prefill_inputs(net, labels, orders[:, 0]), 0, K
+    if K:  # the prompt rides along with the first round: one batched prefill
+        real = cat_inputs(real, decode_inputs(given, orders[:, :K], orders[:, 1 : K + 1]))
     for k in counts:
         targets = orders[:, start + 1 : start + k]  # (B or 2B, k - 1): the queries' positions
         inputs = cat_inputs(real, query_inputs(real, targets))

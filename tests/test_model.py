@@ -106,3 +106,37 @@ def test_a_round_without_queries_is_the_decode_step(case) -> None:
         b, PREFIX, decode_inputs(tokens[:, 0], orders[:, 0], orders[:, 1]), 0, labels
     )
     assert torch.equal(step, round_[:, 0]) and torch.equal(a.k, b.k)
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["reference", "fast"])
+@pytest.mark.parametrize("K", [1, 7])
+def test_an_edits_batched_prefill_matches_forward_and_a_step_by_step_feed(
+    case, fast: bool, K: int
+) -> None:
+    """An edit's K given tokens, teacher-forced in one round with cls and the condition, give
+    the logits RAR.forward gives at step K, and leave the cache a token-by-token feed leaves."""
+    model, tokens, orders, labels = case
+    K = min(K, tokens.shape[1] - 1)
+    cache = model.new_cache(len(labels))
+    if fast:
+        cache.modulation = model.precompute_modulation(labels)
+    real = cat_inputs(
+        prefill_inputs(model.config, labels, orders[:, 0]),
+        decode_inputs(tokens[:, :K], orders[:, :K], orders[:, 1 : K + 1]),
+    )
+    batched = model.decode_round(cache, 0, real, 0, labels)[:, 0]
+    by_raster = torch.empty_like(tokens).scatter_(1, orders, tokens)
+    with torch.no_grad():
+        forward = model(by_raster, labels, orders)[:, K]
+    torch.testing.assert_close(batched, forward, atol=ATOL, rtol=0)
+    stepwise = model.new_cache(len(labels))
+    logits = model.prefill(stepwise, labels, orders[:, 0])
+    for i in range(K):
+        logits = model.decode_step(
+            stepwise, i + 1, tokens[:, i], orders[:, i], orders[:, i + 1], labels
+        )
+    torch.testing.assert_close(batched, logits, atol=ATOL, rtol=0)
+    written = PREFIX + K
+    torch.testing.assert_close(
+        cache.k[..., :written, :], stepwise.k[..., :written, :], atol=ATOL, rtol=0
+    )

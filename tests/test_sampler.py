@@ -19,6 +19,7 @@ from rar_demo.backends import Executor, TorchExecutor
 from rar_demo.backends.graphs import GraphExecutor
 from rar_demo.config import SCHEDULES, SamplingConfig
 from rar_demo.model import RAR
+from rar_demo.orders import kept_first
 from rar_demo.sampler import filter_logits, generate, guidance_scale, stream, tokens_per_step
 
 CONFIG = TINY_RAR
@@ -496,3 +497,97 @@ def test_parallel_greedy_tokens_are_the_argmax_of_each_querys_logits(rar) -> Non
 def test_the_cuda_graph_executor_says_it_takes_one_token_per_step(rar) -> None:
     with pytest.raises(ValueError, match="GraphExecutor feeds one token per step"):
         stream(GraphExecutor(rar), torch.tensor([0]), _orders(None), SamplingConfig(steps=4))
+
+
+# --- edits: a prompt gives some cells, the sampler generates the rest -----------------------
+
+KEEP = torch.zeros(L, dtype=torch.bool)
+KEEP[[0, 1, 4, 5, 6, 11]] = True  # 6 of the 16 cells given
+
+
+def _edit(orders: torch.Tensor, keep: torch.Tensor = KEEP, seed: int = 5):
+    """(orders with the kept cells first, the prompt: seeded tokens there, -1 elsewhere)."""
+    tokens = torch.randint(0, V, (L,), generator=torch.Generator().manual_seed(seed))
+    prompt = torch.where(keep, tokens, -1).expand(len(orders), -1).clone()
+    return kept_first(orders, keep), prompt
+
+
+def test_kept_first_puts_the_kept_cells_first_and_keeps_each_rows_order() -> None:
+    orders = _orders(None, 3)
+    edit = kept_first(orders, KEEP)
+    K = int(KEEP.sum())
+    assert (edit[:, :K] == torch.nonzero(KEEP).flatten()).all()
+    for row, original in zip(edit, orders, strict=True):
+        assert torch.equal(row[K:], original[~KEEP[original]])
+
+
+@pytest.mark.parametrize(
+    "config",
+    [GREEDY, SAMPLE, SamplingConfig(guidance_scale=3.0), SamplingConfig(steps=4)],
+    ids=["greedy", "sample", "cfg", "steps4"],
+)
+def test_given_cells_come_out_unchanged_and_the_rest_is_generated(model, config) -> None:
+    orders, prompt = _edit(_orders(None, 3))
+    K = int(KEEP.sum())
+    labels = torch.tensor([1, 2])
+    if config.steps and getattr(model, "decode_round", None) is None:
+        with pytest.raises(ValueError, match="one token per step"):
+            stream(model, labels, orders, config, 0, prompt)
+        return
+    events = list(stream(model, labels, orders, config, 0, prompt))
+    assert [e.step for e in events] == list(range(K, L))
+    assert all(e.given == K and e.num_steps == L for e in events)
+    assert torch.equal(events[0].canvas[:, KEEP], prompt[:, KEEP])  # shown from the first frame
+    final = events[-1].canvas
+    assert torch.equal(final[:, KEEP], prompt[:, KEEP]) and (final >= 0).all()
+    assert not KEEP[torch.stack([e.positions for e in events])].any()
+    assert torch.equal(generate(model, labels, orders, config, 0, prompt), final)
+
+
+def test_an_empty_prompt_is_ordinary_generation(model) -> None:
+    orders, labels = _orders(None, 3), torch.tensor([1, 2])
+    empty = torch.full((2, L), -1)
+    for config in (SAMPLE, SamplingConfig(guidance_scale=3.0)):
+        assert torch.equal(
+            generate(model, labels, orders, config, 7, empty),
+            generate(model, labels, orders, config, 7),
+        )
+
+
+def test_an_edit_is_the_same_prefilled_in_one_round_or_fed_step_by_step(rar) -> None:
+    """TorchExecutor prefills the prompt in one batched round; the CUDA-graph executor has no
+    rounds and feeds it one step at a time: same tokens, with and without guidance."""
+    orders, prompt = _edit(_orders(9, 3))
+    labels = torch.tensor([0, 3])
+    for config in (SAMPLE, SamplingConfig(guidance_scale=3.0)):
+        batched = generate(TorchExecutor(rar), labels, orders, config, 2, prompt)
+        stepwise = generate(GraphExecutor(rar), labels, orders, config, 2, prompt)
+        assert torch.equal(batched, stepwise)
+
+
+def test_a_greedy_edit_is_the_teacher_forced_argmax_given_the_kept_cells(rar) -> None:
+    orders, prompt = _edit(_orders(70, None))
+    labels = torch.tensor([2, 0])
+    canvas = generate(TorchExecutor(rar), labels, orders, GREEDY, 0, prompt)
+    with torch.no_grad():
+        logits = rar(canvas, labels, orders)  # (B, L + 1, V), row i predicting step i
+    K = int(KEEP.sum())
+    chosen = logits[:, K:L].argmax(-1)
+    assert torch.equal(chosen, canvas.gather(1, orders[:, K:]))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda o, p: (o, p[:, :-1]), "prompt must have shape"),
+        (lambda o, p: (o, p.masked_fill(p >= 0, V)), "prompt tokens must be in"),
+        (lambda o, p: (o, torch.cat([p[:1], torch.full_like(p[1:], -1)])), "same number"),
+        (lambda o, p: (o, p.clamp_min(0)), "nothing is left to generate"),
+        (lambda o, p: (_orders(None, 3), p), "visit the prompt's cells first"),
+    ],
+    ids=["shape", "token", "rows", "full", "order"],
+)
+def test_bad_prompts_raise_before_any_work(model, change, message) -> None:
+    orders, prompt = change(*_edit(_orders(None, 3)))
+    with pytest.raises(ValueError, match=message):
+        stream(model, torch.tensor([0, 1]), orders, SAMPLE, 0, prompt)
