@@ -1,9 +1,11 @@
-"""Command line: `python -m rar_demo generate ...` and `python -m rar_demo classes` (see --help)."""
+"""Command line: `python -m rar_demo generate|edit|classes ...` (see --help)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -11,10 +13,13 @@ import torch
 from .backends import BACKENDS
 from .config import SCHEDULES, SamplingConfig
 from .hub import WeightsUnavailable
+from .masks import MASK_PRESETS, edit_source
 from .orders import ORDER_NAMES
 from .pipeline import DTYPES, Pipeline, load_pipeline
 from .registry import MODEL_NAMES
 from .render import display_scale, mark_progress, save_animation, sheet, to_uint8
+from .sampler import StepEvent
+from .vqgan import to_tensor
 
 GIF_FRAMES = 64
 
@@ -33,8 +38,8 @@ def _sampling(pipe: Pipeline, args: argparse.Namespace) -> SamplingConfig:
     return config.with_(greedy=True) if args.greedy else config
 
 
-def generate(args: argparse.Namespace) -> None:
-    pipe = load_pipeline(
+def _pipeline(args: argparse.Namespace) -> Pipeline:
+    return load_pipeline(
         args.model,
         device=args.device,
         backend=args.backend,
@@ -44,6 +49,34 @@ def generate(args: argparse.Namespace) -> None:
         dtype=DTYPES[args.dtype] if args.dtype else None,
         compile=args.compile,
     )
+
+
+def _final(events: Iterator[StepEvent]) -> StepEvent:
+    (last,) = deque(events, maxlen=1)
+    return last
+
+
+def edit(args: argparse.Namespace) -> None:
+    pipe = _pipeline(args)
+    class_id = pipe.class_id(args.class_)
+    resolution = pipe.tokenizer.config.resolution
+    pixels, regenerate = edit_source(args.image, args.mask, resolution, pipe.grid, args.seed)
+    names = args.order or ["random"]
+    orders, prompt = pipe.edit_inputs(pixels, regenerate, names, args.seed)
+    event = _final(pipe.stream(class_id, orders, args.seed, _sampling(pipe, args), prompt))
+    source = mark_progress(to_tensor(pixels[None]), prompt[:1], None, pipe.grid)
+    finals = to_uint8(pipe.decode(event.canvas))
+    name = pipe.class_names[class_id]
+    cells = int(regenerate.sum())
+    scale = args.scale or display_scale(resolution)
+    footer = f"{pipe.name} | {name} | {cells} of {prompt.shape[1]} cells | seed {args.seed}"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    sheet([*source, *finals], ["source", *names], scale=scale, footer=footer).save(args.out)
+    print(f"wrote {args.out} ({name}, {cells} cells regenerated, orders: {', '.join(names)})")
+
+
+def generate(args: argparse.Namespace) -> None:
+    pipe = _pipeline(args)
     class_id = pipe.class_id(args.class_)
     orders = args.order or ["raster"]
     sampling = _sampling(pipe, args)
@@ -86,67 +119,92 @@ def list_classes(args: argparse.Namespace) -> None:
             print(f"{i}\t{label}\t{group}".rstrip())
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rar_demo")
-    sub = parser.add_subparsers(dest="command", required=True)
-    gen = sub.add_parser("generate", help="generate an image (or a side-by-side sheet of orders)")
-    gen.add_argument("--model", default="bundled", help=f"one of {', '.join(MODEL_NAMES)}")
-    gen.add_argument(
+def _image_parser() -> argparse.ArgumentParser:
+    """What generate and edit share: model, class, orders, sampling, runtime, output."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model", default="bundled", help=f"one of {', '.join(MODEL_NAMES)}")
+    common.add_argument(
         "--class",
         dest="class_",
         required=True,
         help="class name, id or emoji (bundled: 'fox' or 🦊; RAR: 207 or 'golden retriever')",
     )
-    gen.add_argument(
+    common.add_argument(
         "--order",
         action="append",
-        help=f"one of {', '.join(ORDER_NAMES)}; repeat for a side-by-side sheet (default raster)",
+        help=f"one of {', '.join(ORDER_NAMES)}; repeat for a side-by-side sheet",
     )
-    gen.add_argument("--weights", type=Path, help="local generator weights instead of the Hub")
-    gen.add_argument("--tokenizer-weights", type=Path, help="local tokenizer weights")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--out", type=Path, default=Path("rar.png"))
-    gen.add_argument("--gif", action="store_true", help="also write the token-by-token animation")
-    gen.add_argument("--cfg", type=float, help="classifier-free guidance scale (0 = off)")
-    gen.add_argument("--cfg-power", type=float, help="power of the cosine guidance schedule")
-    gen.add_argument("--temperature", type=float)
-    gen.add_argument("--top-k", type=int)
-    gen.add_argument("--top-p", type=float)
-    gen.add_argument("--greedy", action="store_true", help="always take the likeliest token")
-    gen.add_argument(
+    common.add_argument("--weights", type=Path, help="local generator weights instead of the Hub")
+    common.add_argument("--tokenizer-weights", type=Path, help="local tokenizer weights")
+    common.add_argument("--seed", type=int, default=0)
+    common.add_argument("--cfg", type=float, help="classifier-free guidance scale (0 = off)")
+    common.add_argument("--cfg-power", type=float, help="power of the cosine guidance schedule")
+    common.add_argument("--temperature", type=float)
+    common.add_argument("--top-k", type=int)
+    common.add_argument("--top-p", type=float)
+    common.add_argument("--greedy", action="store_true", help="always take the likeliest token")
+    common.add_argument(
         "--steps",
         type=int,
         help="sampler steps (default: one per token); fewer generate several tokens per step",
     )
-    gen.add_argument(
+    common.add_argument(
         "--schedule", choices=SCHEDULES, help="tokens per step with --steps (default constant)"
     )
-    gen.add_argument(
+    common.add_argument(
         "--scale", type=int, default=None, help="pixel upscaling of the sheet (default: to 256 px)"
     )
-    gen.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    gen.add_argument(
+    common.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    common.add_argument(
         "--backend",
         default="torch",
         choices=BACKENDS,
         help="onnx: run an ONNX export with ONNX Runtime (exported on first use, then cached)",
     )
-    gen.add_argument(
+    common.add_argument(
         "--dtype",
         choices=sorted(DTYPES),
         help="generator weights (default: bf16 for official models on a GPU, else fp32)",
     )
-    gen.add_argument(
+    common.add_argument(
         "--compile",
         action="store_true",
         help="torch backend: torch.compile the decode step (slow first run, faster steps)",
     )
-    gen.add_argument(
+    common.add_argument(
         "--int8",
         action="store_true",
         help="onnx backend, official models: int8 weights (faster; samples differ from fp32)",
     )
+    return common
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rar_demo")
+    sub = parser.add_subparsers(dest="command", required=True)
+    common = _image_parser()
+    gen = sub.add_parser(
+        "generate",
+        parents=[common],
+        help="generate an image (or a side-by-side sheet of orders; default raster)",
+    )
+    gen.add_argument("--out", type=Path, default=Path("rar.png"))
+    gen.add_argument("--gif", action="store_true", help="also write the token-by-token animation")
     gen.set_defaults(run=generate)
+    ed = sub.add_parser(
+        "edit",
+        parents=[common],
+        help="regenerate part of a picture (inpaint, outpaint, re-class; default order random)",
+    )
+    ed.add_argument("--image", required=True, help="the picture to edit (any size: centre-cropped)")
+    ed.add_argument(
+        "--mask",
+        required=True,
+        help=f"what to regenerate: one of {', '.join(MASK_PRESETS)}, or a mask PNG (white or "
+        "opaque = regenerate) at the picture's size, the model's or the token grid's",
+    )
+    ed.add_argument("--out", type=Path, default=Path("edit.png"))
+    ed.set_defaults(run=edit)
     classes = sub.add_parser("classes", help="list a model's classes (id, name, group)")
     classes.add_argument("--model", default="bundled", help=f"one of {', '.join(MODEL_NAMES)}")
     classes.add_argument("--weights", type=Path, help="local generator weights instead of the Hub")

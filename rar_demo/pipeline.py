@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -15,10 +16,10 @@ from .backends.graphs import GraphExecutor
 from .config import SamplingConfig
 from .hub import class_annotations, load_generator, load_tokenizer
 from .model import RAR
-from .orders import make_order
+from .orders import kept_first, make_order
 from .registry import ModelSpec, spec
 from .sampler import StepEvent, stream
-from .vqgan import VQGAN
+from .vqgan import VQGAN, to_tensor
 
 
 @dataclass
@@ -126,11 +127,45 @@ class Pipeline:
         return torch.stack([make_order(n, *self.grid, seed=seed) for n in names])
 
     def stream(
-        self, class_id: int, orders: Tensor, seed: int, sampling: SamplingConfig | None = None
+        self,
+        class_id: int,
+        orders: Tensor,
+        seed: int,
+        sampling: SamplingConfig | None = None,
+        prompt: Tensor | None = None,
     ) -> Iterator[StepEvent]:
-        """One panel per row of `orders` (see `orders()`), same class and seed, in one batch."""
+        """One panel per row of `orders` (see `orders()`), same class and seed, in one batch;
+        with an edit's `prompt` (see `edit_inputs`) only the cells it leaves are generated."""
         labels = torch.full((len(orders),), class_id, dtype=torch.long)
-        return stream(self.executor, labels, orders, sampling or self.sampling, seed)
+        return stream(self.executor, labels, orders, sampling or self.sampling, seed, prompt)
+
+    @torch.inference_mode()
+    def encode(self, pixels: np.ndarray) -> Tensor:
+        """(S, S, 3) uint8 at the model's resolution -> its (L,) tokens by raster position."""
+        side = self.tokenizer.config.resolution
+        if pixels.shape != (side, side, 3):
+            raise ValueError(f"expected a {side}x{side} RGB picture, got shape {pixels.shape}")
+        images = to_tensor(pixels[None]).to(self.tokenizer.quantize.embedding.weight.device)
+        return self.tokenizer.encode(images)[0].cpu()
+
+    def edit_inputs(
+        self, pixels: np.ndarray, regenerate: Tensor, names: Sequence[str], seed: int
+    ) -> tuple[Tensor, Tensor]:
+        """(orders, prompt) to `stream` an edit of `pixels`: the cells where `regenerate`
+        (h, w) is True are generated in each named order, the others keep the picture's
+        tokens and come first."""
+        if regenerate.shape != self.grid:
+            raise ValueError(f"the mask must cover the {self.grid[1]}x{self.grid[0]} token grid")
+        if not regenerate.any():
+            raise ValueError("the mask is empty: paint the cells to regenerate or pick a preset")
+        if regenerate.all():
+            raise ValueError(
+                "the mask covers the whole picture: nothing of it would be kept (use Generate)"
+            )
+        keep = ~regenerate.flatten()
+        orders = kept_first(self.orders(names, seed), keep)
+        prompt = torch.where(keep, self.encode(pixels), -1).expand(len(orders), -1).clone()
+        return orders, prompt
 
     @torch.inference_mode()
     def decode(self, canvas: Tensor) -> Tensor:

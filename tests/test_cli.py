@@ -157,3 +157,35 @@ def test_picker_choices_and_command_line_names_are_the_same_classes(tmp_path, ca
     out = tmp_path / "last.png"
     assert main(["generate", "--class", label, "--out", str(out)]) == 0
     assert f"({value}," in capsys.readouterr().out
+
+
+def test_edit_writes_the_source_and_one_panel_per_order(tmp_path, capsys) -> None:
+    source, out = tmp_path / "in.png", tmp_path / "edit.png"
+    assert main(["generate", "--class", "0", "--out", str(source)]) == 0
+    args = ["edit", "--image", str(source), "--class", "1", "--out", str(out)]
+    assert main([*args, "--mask", "left", "--order", "raster", "--order", "random"]) == 0
+    assert "128 cells regenerated" in capsys.readouterr().out
+    assert Image.open(out).width > 3 * 256  # source, raster, random
+    mask = tmp_path / "mask.png"
+    Image.new("L", (16, 16)).save(mask)  # black: nothing to regenerate
+    assert main([*args, "--mask", str(mask)]) == 2
+    assert "the mask is empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--mask", "sideways"], "unknown mask 'sideways'"),
+        (["--mask", "left", "--image", "README.md"], "not a readable image"),
+        (["--mask", "pyproject.toml"], "not a readable image"),
+        (["--mask", "left", "--class", "Nowhere"], "unknown class"),
+    ],
+)
+def test_bad_edit_input_is_one_clear_line(args, message, tmp_path, capsys) -> None:
+    source = tmp_path / "in.png"
+    Image.new("RGB", (64, 64), "white").save(source)
+    base = ["edit", "--image", str(source), "--class", "0", "--out", str(tmp_path / "x.png")]
+    assert main([*base, *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+    assert not (tmp_path / "x.png").exists()

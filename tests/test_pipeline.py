@@ -1,14 +1,16 @@
-"""Pipeline: classes by name or id, one panel per order in one batch, decoding."""
+"""Pipeline: classes by name or id, one panel per order in one batch, decoding, edits."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_RAR, TINY_VQGAN, randomized, tiny_spec
 
 from rar_demo.config import SamplingConfig
+from rar_demo.masks import preset_mask
 from rar_demo.model import RAR
 from rar_demo.orders import make_order
 from rar_demo.pipeline import Pipeline
@@ -173,3 +175,45 @@ def test_pipeline_streams_one_panel_per_order_and_decodes(pipe) -> None:
     assert images.min() >= 0 and images.max() <= 1
     with pytest.raises(ValueError, match="at least one"):
         pipe.orders([], seed=0)
+
+
+# --- Pipeline edits -------------------------------------------------------------------------
+
+
+def _picture(pipe: Pipeline) -> np.ndarray:
+    side = pipe.tokenizer.config.resolution
+    return np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+
+
+def test_an_edit_keeps_the_pictures_tokens_outside_the_mask(pipe) -> None:
+    pixels = _picture(pipe)
+    regenerate = preset_mask("center", *pipe.grid)
+    orders, prompt = pipe.edit_inputs(pixels, regenerate, ["raster", "random"], seed=1)
+    tokens = pipe.encode(pixels)
+    keep = ~regenerate.flatten()
+    assert torch.equal(prompt[:, keep], tokens[keep].expand(2, -1))
+    assert (prompt[:, ~keep] == -1).all()
+    events = list(pipe.stream(4, orders, 1, prompt=prompt))
+    assert len(events) == int(regenerate.sum())
+    final = events[-1].canvas
+    assert torch.equal(final[:, keep], tokens[keep].expand(2, -1)) and (final >= 0).all()
+
+
+@pytest.mark.parametrize(
+    ("regenerate", "message"),
+    [
+        (torch.zeros(4, 4, dtype=torch.bool), "the mask is empty"),
+        (torch.ones(4, 4, dtype=torch.bool), "covers the whole picture"),
+        (torch.ones(2, 8, dtype=torch.bool), "must cover the 4x4 token grid"),
+    ],
+    ids=["empty", "full", "shape"],
+)
+def test_bad_edit_masks_are_refused(pipe, regenerate, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        pipe.edit_inputs(_picture(pipe), regenerate, ["raster"], seed=0)
+
+
+def test_only_pictures_at_the_models_resolution_are_encoded(pipe) -> None:
+    side = pipe.tokenizer.config.resolution
+    with pytest.raises(ValueError, match=f"expected a {side}x{side} RGB picture"):
+        pipe.encode(np.zeros((side * 2, side * 2, 3), dtype=np.uint8))
