@@ -27,6 +27,7 @@ from PIL import Image
 from rar_demo import studio
 from rar_demo.config import SCHEDULES
 from rar_demo.hub import WeightsUnavailable
+from rar_demo.masks import MASK_PRESETS
 from rar_demo.orders import ORDER_NAMES
 from rar_demo.pipeline import Pipeline
 from rar_demo.registry import MODEL_NAMES
@@ -207,6 +208,11 @@ def generate(
         )  # fmt: skip
     except (ValueError, WeightsUnavailable) as err:
         raise _user_error(err) from None
+    yield from _stream(parsed, request)
+
+
+def _stream(parsed: studio.Request, request: gr.Request | None) -> Iterator[tuple]:
+    """A checked request's run as values for the outputs, stoppable by this session's Stop."""
     stop = threading.Event()
     session = request.session_hash if request is not None else None
     if session:
@@ -224,6 +230,118 @@ def generate(
     finally:
         if session and STOPS.get(session) is stop:
             del STOPS[session]
+
+
+def edit(
+    model: str,
+    image: str,
+    mask: str,
+    class_name: str,
+    orders: list[str],
+    seed: float,
+    mask_image: str | None = None,
+    cfg_scale: float | None = None,
+    cfg_power: float | None = None,
+    temperature: float | None = None,
+    top_k: float | None = None,
+    speed: float = studio.DEFAULT_SPEED,
+    runtime: str = "torch",
+    steps: float = studio.STEP_CHOICES[0],
+    schedule: str = studio.DEFAULT_SCHEDULE,
+    request: gr.Request | None = None,
+) -> Iterator[tuple]:
+    """Edits a picture: keeps its tokens outside the mask and regenerates the cells inside it
+    as `class_name`, in each of the orders side by side (inpainting, outpainting, re-class).
+
+    Args:
+        model: "bundled" (offline, emoji) or an official RAR model: rar_b, rar_l, rar_xl, rar_xxl.
+        image: the picture to edit (any size; centre-cropped to a square).
+        mask: what to regenerate: left, right, top, bottom, center, border, outpaint (shrinks
+            the picture into the centre and fills the border) or random; empty to use
+            mask_image.
+        class_name: the class of the regenerated cells, as for generate.
+        orders: 1 to 4 generation orders for the regenerated cells (the kept cells go first).
+        seed: a whole number; the same seed gives the same images.
+        mask_image: a mask picture (white or opaque = regenerate), at the picture's size, the
+            model's or the 16x16 token grid's; used when mask is empty.
+        cfg_scale: classifier-free guidance scale; empty for the model's default.
+        cfg_power: power of the guidance schedule; empty for the model's default.
+        temperature: sampling temperature; empty for the model's default.
+        top_k: keep only the k likeliest tokens (0 = off); empty for the model's default.
+        speed: at most this many steps per second.
+        runtime: "torch", "onnx" or "onnx int8" (official models only).
+        steps: sampler steps for the regenerated cells (256: one token per step).
+        schedule: "cosine" or "constant", when steps < 256.
+
+    Returns:
+        As generate: status, live panels, final images, animation and plots.
+    """
+    chosen = mask if mask and mask.strip() else mask_image
+    try:
+        parsed = studio.parse(
+            CACHE, model, class_name, orders, seed, cfg_scale, cfg_power, temperature, top_k,
+            speed, runtime, steps, schedule, image=image, mask=chosen,
+        )  # fmt: skip
+    except (ValueError, WeightsUnavailable) as err:
+        raise _user_error(err) from None
+    yield from _stream(parsed, request)
+
+
+BRUSH = "brush"  # the Edit tab's mask choice that reads the painted strokes
+
+
+def editor_source(editor: dict | None, preset: str) -> tuple[Any, Any]:
+    """(picture, mask) from the Edit tab: the editor's background, and the preset, or the
+    union of its brush layers (painted = regenerate)."""
+    if not editor or editor.get("background") is None:
+        return None, preset if preset != BRUSH else None
+    picture = editor["background"]
+    if preset != BRUSH:
+        return picture, preset
+    layers = [layer for layer in editor.get("layers") or [] if layer is not None]
+    if not layers:
+        return picture, np.zeros(picture.shape[:2], dtype=np.uint8)
+    painted = np.max([layer[..., 3] for layer in layers], axis=0)  # RGBA: alpha where painted
+    return picture, painted
+
+
+def edit_from_editor(
+    model: str,
+    editor: dict | None,
+    preset: str,
+    class_name: str,
+    orders: list[str],
+    seed: float,
+    cfg_scale: float | None,
+    cfg_power: float | None,
+    temperature: float | None,
+    top_k: float | None,
+    speed: float,
+    runtime: str,
+    steps: float,
+    schedule: str,
+    request: gr.Request,
+) -> Iterator[tuple]:
+    """The Edit tab's button: `edit` with the editor's picture and mask."""
+    picture, mask = editor_source(editor, preset)
+    by_name = isinstance(mask, str) or mask is None
+    preset_name, painted = (mask or "", None) if by_name else ("", mask)
+    yield from edit(
+        model, picture, preset_name, class_name, orders, seed, painted, cfg_scale, cfg_power,
+        temperature, top_k, speed, runtime, steps, schedule, request,
+    )  # fmt: skip
+
+
+def edit_preview(model: str, runtime: str, editor: dict | None, preset: str, seed: float) -> Any:
+    """The picture as the model sees it, the cells an edit would regenerate hatched."""
+    picture, mask = editor_source(editor, preset)
+    pipe = _load(model, runtime)
+    if picture is None or pipe is None:
+        return None
+    try:
+        return studio.edit_preview(pipe, picture, mask, int(seed or 0))
+    except ValueError:
+        return None
 
 
 @gpu
@@ -286,6 +404,12 @@ def random_class(model: str, runtime: str, current: str) -> str | dict:
     if pipe is None:
         return gr.skip()
     return random.choice([c for c in pipe.class_names if c != current] or pipe.class_names)
+
+
+def edit_this(selected: gr.SelectData) -> tuple:
+    """A final image, clicked: into the editor, and the Edit tab opens."""
+    path = selected.value["image"]["path"]
+    return {"background": path, "layers": [], "composite": path}, gr.Tabs(selected="edit")
 
 
 def random_seed() -> int:
@@ -358,6 +482,37 @@ def create_demo(model: str | None = None) -> gr.Blocks:
                         label="Runtime",
                         visible=len(RUNTIME_CHOICES) > 1,
                     )
+                with gr.Tabs() as mode_tabs:
+                    with gr.Tab("Generate", id="generate"):
+                        gr.Markdown("Pick a class and up to four orders, then **Generate**.")
+                    with gr.Tab("Edit a picture", id="edit"):
+                        gr.Markdown(
+                            "Upload a picture (or click a final image), then paint the cells "
+                            "to regenerate or pick a mask. The kept cells go first, as given; "
+                            "each order fills the rest as the class below."
+                        )
+                        editor = gr.ImageEditor(
+                            label="Picture",
+                            type="numpy",
+                            image_mode="RGBA",
+                            sources=("upload", "clipboard"),
+                            transforms=(),
+                            layers=False,
+                            brush=gr.Brush(colors=["#ff2bd6"], color_mode="fixed", default_size=24),
+                            height=320,
+                            elem_id="editor",
+                        )
+                        mask_box = gr.Radio(
+                            [BRUSH, *MASK_PRESETS], value="center", label="Cells to regenerate"
+                        )
+                        preview = gr.Image(
+                            label="What Edit keeps (hatched cells are regenerated)",
+                            interactive=False,
+                            format="png",
+                            height=256,
+                            elem_id="edit-preview",
+                        )
+                        edit_go = gr.Button("Edit", variant="primary", elem_id="edit-go")
                 with gr.Row(equal_height=True):
                     class_box = gr.Dropdown(
                         pipe.class_choices(),  # shown as "🦊 fox", searchable; value: "fox"
@@ -402,7 +557,7 @@ def create_demo(model: str | None = None) -> gr.Blocks:
                 status = gr.Markdown("Press **Generate**.", elem_id="status", container=False)
                 live = gr.HTML(blank_panels(model, DEFAULT_ORDERS), elem_id="live", container=False)
                 finals = gr.Gallery(
-                    label="Final images",
+                    label="Final images (click one to edit it)",
                     columns=4,
                     height="auto",
                     object_fit="contain",
@@ -425,6 +580,7 @@ def create_demo(model: str | None = None) -> gr.Blocks:
             label="Examples",
         )
 
+        outputs = [status, live, finals, animation, order_plot, stats_plot]
         sampler_boxes = [cfg_box, power_box, temperature_box, top_k_box]
         inputs = [model_box, class_box, order_box, seed_box, *sampler_boxes, speed_box, runtime_box]
         inputs += [steps_box, schedule_box]
@@ -436,7 +592,7 @@ def create_demo(model: str | None = None) -> gr.Blocks:
         go.click(
             generate,
             inputs=inputs,
-            outputs=[status, live, finals, animation, order_plot, stats_plot],
+            outputs=outputs,
             validator=check_inputs,
             preprocess=False,
             api_name="generate",
@@ -452,6 +608,26 @@ def create_demo(model: str | None = None) -> gr.Blocks:
             preprocess=False,
             api_name="generate_image",
         )
+        edit_inputs = [editor, mask_box, class_box, order_box, seed_box, *sampler_boxes]
+        edit_inputs += [speed_box, runtime_box, steps_box, schedule_box]
+        edit_go.click(edit_from_editor, [model_box, *edit_inputs], outputs, **private)
+        # The API's edit: a picture file and a preset name, or a mask picture.
+        api_image = gr.Image(type="filepath", visible=False)
+        api_mask = gr.Textbox(visible=False)
+        api_mask_image = gr.Image(type="filepath", visible=False)
+        api_inputs = [model_box, api_image, api_mask, class_box, order_box, seed_box]
+        api_inputs += [api_mask_image, *sampler_boxes, speed_box, runtime_box, steps_box]
+        api_inputs += [schedule_box]
+        gr.Button(visible=False).click(edit, api_inputs, outputs, api_name="edit")
+        gr.on(
+            [editor.change, mask_box.change, seed_box.change],
+            edit_preview,
+            [model_box, runtime_box, editor, mask_box, seed_box],
+            preview,
+            trigger_mode="always_last",
+            **private,
+        )
+        finals.select(edit_this, None, [editor, mode_tabs], **private)
         demo.load(fill_defaults, [model_box, runtime_box, *sampler_boxes], sampler_boxes, **private)
         gr.on(
             [model_box.change, runtime_box.change],

@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor
 
-from . import plots
+from . import masks, plots
 from .config import SamplingConfig
 from .orders import check_order_name
 from .pipeline import Pipeline, load_pipeline
@@ -42,6 +42,7 @@ from .render import (
     to_uint8,
 )
 from .sampler import StepEvent, check_steps, generate
+from .vqgan import to_tensor
 
 T = TypeVar("T")
 MAX_ORDERS = 4
@@ -163,6 +164,12 @@ class Request:
     sampling: SamplingConfig
     speed: float  # at most this many steps per second
     runtime: str = "torch"  # a key of RUNTIMES
+    prompt: Tensor | None = None  # an edit's (B, L) kept tokens, -1 where to generate
+
+    @property
+    def edited_cells(self) -> int:
+        """How many cells an edit regenerates (0: not an edit)."""
+        return 0 if self.prompt is None else int((self.prompt[0] < 0).sum())
 
     @property
     def short_name(self) -> str:
@@ -209,12 +216,17 @@ def parse(
     runtime: str = "torch",
     steps: int | None = None,
     schedule: str = DEFAULT_SCHEDULE,
+    image: object = None,
+    mask: object = None,
     load: bool = True,
 ) -> Request | None:
     """Checks raw inputs into a Request, or raises InputError (naming the input) or
     hub.WeightsUnavailable with a message meant for the user. Sampler settings left as None
     take the model's own defaults; top_k 0 turns top-k filtering off. With load False, a model
-    not loaded yet is not loaded: only what needs no model is checked, and None returned."""
+    not loaded yet is not loaded: only what needs no model is checked, and None returned.
+
+    An edit gives `image` (a picture: path, bytes, array or PIL image) and `mask` (a preset
+    name of masks.MASK_PRESETS or a mask picture, see masks.edit_source)."""
     entry = _field("model", lambda: spec(model))
     _field("runtime", lambda: entry.check_runtime(runtime))
     orders = tuple(orders or ())
@@ -260,17 +272,37 @@ def parse(
     pipe = cache.get(model, runtime)
     _field("steps", lambda: check_steps(pipe.executor, sampling))
     class_id = _field("class_name", lambda: pipe.class_id("" if class_name is None else class_name))
+    permutations, prompt = pipe.orders(orders, int(seed)), None
+    if image is not None or mask is not None:
+        permutations, prompt = _edit_inputs(pipe, image, mask, orders, int(seed))
+        _field("steps", lambda: check_steps(pipe.executor, sampling, int((prompt[0] >= 0).sum())))
     return Request(
         model,
         class_id,
         pipe.class_names[class_id],
         orders,
-        pipe.orders(orders, int(seed)),
+        permutations,
         int(seed),
         sampling,
         float(speed),
         runtime,
+        prompt,
     )
+
+
+def _edit_inputs(
+    pipe: Pipeline, image: object, mask: object, orders: tuple[str, ...], seed: int
+) -> tuple[Tensor, Tensor]:
+    if image is None:
+        raise InputError("image", "choose a picture to edit")
+    if mask is None or (isinstance(mask, str) and not mask.strip()):
+        raise InputError("mask", "paint the cells to regenerate, or pick a mask preset")
+    resolution = pipe.tokenizer.config.resolution
+    picture = _field("image", lambda: masks.open_image(image))
+    pixels, regenerate = _field(
+        "mask", lambda: masks.edit_source(picture, mask, resolution, pipe.grid, seed)
+    )
+    return _field("mask", lambda: pipe.edit_inputs(pixels, regenerate, orders, seed))
 
 
 class Keep(Enum):
@@ -404,8 +436,9 @@ def _describe(request: Request) -> str:
     top_k = f" · top-k {s.top_k}" if s.top_k else ""
     steps = f" · {s.steps} steps ({s.schedule})" if s.steps else ""
     runtime = f" · {request.runtime}" if request.runtime != "torch" else ""
+    edit = f"edit of {request.edited_cells} cells · " if request.prompt is not None else ""
     return (
-        f"{request.short_name} (class {request.class_id}) · seed {request.seed}"
+        f"{edit}{request.short_name} (class {request.class_id}) · seed {request.seed}"
         f" · CFG {s.guidance_scale:g} (power {s.guidance_power:g}) · T {s.temperature:g}{top_k}"
         f"{steps}{runtime}"
     )
@@ -425,13 +458,25 @@ def _animation_path(request: Request) -> Path:
     return folder / f"{slug}-{request.seed}.webp"
 
 
+def edit_preview(pipe: Pipeline, image: object, mask: object, seed: int = 0) -> np.ndarray:
+    """The picture at the model's resolution, the cells an edit of it would regenerate
+    hatched, upscaled to about 256 px: what Edit keeps, shown before it runs."""
+    resolution = pipe.tokenizer.config.resolution
+    pixels, regenerate = masks.edit_source(image, mask, resolution, pipe.grid, seed)
+    canvas = torch.where(regenerate.flatten(), -1, 0)[None]  # -1: drawn as pending
+    frame = mark_progress(to_tensor(pixels[None]), canvas, None, pipe.grid)[0]
+    scale = display_scale(resolution)
+    return frame.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
 def still(cache: ModelCache, request: Request) -> np.ndarray:
     """The request's first panel, finished, as one (H, W, 3) uint8 image upscaled to about
     256 px: no frames, no pacing (the sampler's non-streaming path)."""
     pipe = cache.get(request.model, request.runtime)
     orders = request.permutations[:1]
     labels = torch.full((1,), request.class_id, dtype=torch.long)
-    canvas = generate(pipe.executor, labels, orders, request.sampling, request.seed)
+    prompt = None if request.prompt is None else request.prompt[:1]
+    canvas = generate(pipe.executor, labels, orders, request.sampling, request.seed, prompt)
     image = to_uint8(pipe.decode(canvas))[0]
     scale = display_scale(image.shape[0])
     return image.repeat(scale, axis=0).repeat(scale, axis=1)
@@ -452,9 +497,11 @@ def run(
     render = Renderer(cache, pipe)
     about = _describe(request)
     order_plot = plots.order_heatmaps(names, request.permutations, pipe.grid)
+    # An edit shows the cells it keeps from the start.
+    first = render.blank(len(names)) if request.prompt is None else render(request.prompt, None)
     yield Update(
         status=f"**Starting** · {about}",
-        panels=dict(zip(names, render.blank(len(names)), strict=True)),
+        panels=dict(zip(names, first, strict=True)),
         finals=None,
         animation=None,
         order_plot=order_plot,
@@ -463,7 +510,13 @@ def run(
 
     start = clock()
     sampling = Sampling(
-        pipe.stream(request.class_id, request.permutations, request.seed, request.sampling),
+        pipe.stream(
+            request.class_id,
+            request.permutations,
+            request.seed,
+            request.sampling,
+            request.prompt,
+        ),
         request.speed,
     )
     scale = display_scale(pipe.tokenizer.config.resolution)

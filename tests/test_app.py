@@ -345,3 +345,54 @@ def test_fewer_steps_decode_several_tokens_per_step(client: Client) -> None:
                 model="bundled", class_name="Flags", orders=["random"], seed=0,
                 api_name="/generate", **changes,
             )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def picture(tmp_path_factory) -> Path:
+    """A 200x120 picture: white, a dark blue block left of centre (centre-cropped to 120)."""
+    pixels = np.full((120, 200, 3), 255, dtype=np.uint8)
+    pixels[30:90, 60:110] = (20, 40, 160)
+    path = tmp_path_factory.mktemp("edit") / "picture.png"
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_edit_through_the_api_keeps_the_pictures_cells(client: Client, picture: Path) -> None:
+    from gradio_client import handle_file
+
+    job = client.submit(
+        model="bundled",
+        image=handle_file(str(picture)),
+        mask="right",
+        class_name="0",
+        orders=ORDERS,
+        seed=2,
+        speed=512,
+        api_name="/edit",
+    )
+    out = job.result(timeout=300)
+    assert out[0].startswith("**Done**: 128 steps") and "edit of 128 cells" in out[0]
+    finals = _finals(out)
+    assert len(finals) == 2
+    first = _panels(job.outputs()[0])
+    kept = np.asarray(Image.open(picture).convert("RGB").crop((40, 0, 160, 120)).resize((64, 64)))
+    for image in (*finals, *first):
+        small = np.asarray(Image.fromarray(image).resize((64, 64), Image.NEAREST)).astype(int)
+        # The left half is the picture (through the tokenizer): its blue block included.
+        assert np.abs(small[:, :32] - kept[:, :32]).mean() < 30
+
+
+def test_edit_with_a_mask_picture_and_bad_masks(client: Client, picture: Path, tmp_path) -> None:
+    from gradio_client import handle_file
+
+    mask = np.zeros((120, 200), dtype=np.uint8)
+    mask[:, 40:100] = 255  # the left half of the crop
+    mask_path = tmp_path / "mask.png"
+    Image.fromarray(mask).save(mask_path)
+    args = {"model": "bundled", "image": handle_file(str(picture)), "class_name": "0"}
+    args |= {"orders": ["raster"], "seed": 0, "speed": 512, "api_name": "/edit"}
+    out = client.predict(mask="", mask_image=handle_file(str(mask_path)), **args)
+    assert out[0].startswith("**Done**: 128 steps")
+    for bad, message in [("sideways", "unknown mask 'sideways'"), ("", "paint the cells")]:
+        with pytest.raises(Exception, match=re.escape(message)):
+            client.predict(mask=bad, **args)

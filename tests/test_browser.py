@@ -59,7 +59,7 @@ def _choose(page: Page, class_name: str, orders: list[str], speed: int) -> None:
     page.get_by_label("Class").click()
     page.get_by_role("option", name=class_name).click()
     for name in ORDER_NAMES:
-        page.get_by_label(name, exact=True).set_checked(name in orders)
+        page.get_by_role("checkbox", name=name, exact=True).set_checked(name in orders)
     speed_box = page.get_by_label("number input for Speed (steps per second)")
     speed_box.fill(str(speed))
     speed_box.press("Enter")
@@ -134,3 +134,26 @@ def test_generate_clears_the_panels_at_once(page: Page) -> None:
     for panel in panels.all():
         pixels = np.asarray(Image.open(io.BytesIO(panel.locator("img").screenshot())))[..., :3]
         assert pixels.mean() > 150, "a panel still shows an earlier picture"
+
+
+def test_a_generated_picture_is_edited_end_to_end(page: Page) -> None:
+    """Generate, click the final image: the Edit tab opens with it and shows the cells the
+    centre mask regenerates; Edit runs and keeps the rest of the picture."""
+    _choose(page, "Flags", ["raster"], speed=512)
+    page.get_by_role("button", name="Generate").click()
+    status = page.locator("#status")
+    expect(status).to_contain_text("Done", timeout=60_000)
+    page.locator("#finals button.thumbnail-item, #finals .thumbnail-item").first.click()
+    expect(page.get_by_role("tab", name="Edit a picture", selected=True)).to_be_visible()
+    preview = page.locator("#edit-preview img")
+    expect(preview).to_be_visible(timeout=20_000)
+    hatched = np.asarray(Image.open(io.BytesIO(preview.screenshot())))[..., :3].astype(int)
+    h, w = hatched.shape[:2]
+    centre = hatched[h // 3 : 2 * h // 3, w // 3 : 2 * w // 3]
+    assert centre.std() < hatched.std()  # the centre is hatched over, flatter than the picture
+    _choose(page, "Animals & Nature", ["raster", "random"], speed=64)
+    page.get_by_role("button", name="Edit", exact=True).click()
+    expect(status).to_contain_text("edit of 64 cells", timeout=20_000)
+    expect(status).to_contain_text("Done", timeout=60_000)
+    expect(page.locator(".panel")).to_have_count(2)
+    expect(page.get_by_text("Error")).to_have_count(0)

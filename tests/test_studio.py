@@ -190,3 +190,50 @@ def test_closing_a_run_stops_the_sampler(cache: studio.ModelCache, count_steps: 
     assert 0 < taken < 256
     time.sleep(0.2)
     assert len(steps) == taken  # nothing runs on after close
+
+
+def _picture() -> np.ndarray:
+    """A 64x64 picture: white, a dark blue square in the middle."""
+    pixels = np.full((64, 64, 3), 255, dtype=np.uint8)
+    pixels[16:48, 16:48] = (20, 40, 160)
+    return pixels
+
+
+def test_an_edit_request_keeps_the_pictures_cells_and_runs_only_the_rest(
+    cache: studio.ModelCache,
+) -> None:
+    request = studio.parse(
+        cache, "bundled", 0, ORDERS, 3, speed=512, image=_picture(), mask="center"
+    )
+    assert request.edited_cells == 64
+    pipe = cache.get("bundled")
+    tokens = pipe.encode(_picture())
+    keep = request.prompt[0] >= 0
+    assert torch.equal(request.prompt[:, keep], tokens[keep].expand(2, -1))
+    updates = list(studio.run(cache, request))
+    first, last = updates[0], updates[-1]
+    assert "edit of 64 cells" in first.status and last.status.startswith("**Done**: 64 steps")
+    border = first.panels["raster"][:8, :8]  # a kept corner: the picture's white, not hatched
+    assert border.min() > 200
+    assert set(last.finals) == set(ORDERS)
+    assert (last.finals["raster"][:12, :12] > 200).all()  # kept cells come out as they were
+
+
+@pytest.mark.parametrize(
+    ("image", "mask", "field", "message"),
+    [
+        (None, "left", "image", "choose a picture"),
+        ("image", "", "mask", "paint the cells"),
+        ("image", "sideways", "mask", "unknown mask"),
+        (b"not a picture", "left", "image", "not a readable image"),
+        ("image", np.zeros((64, 64), dtype=np.uint8), "mask", "the mask is empty"),
+        ("image", np.full((64, 64), 255, dtype=np.uint8), "mask", "covers the whole picture"),
+        ("image", np.zeros((50, 50), dtype=np.uint8), "mask", "the mask is 50x50"),
+    ],
+    ids=["no-image", "no-mask", "preset", "unreadable", "empty", "full", "size"],
+)
+def test_bad_edit_inputs_name_their_field(cache, image, mask, field, message) -> None:
+    image = _picture() if isinstance(image, str) else image
+    with pytest.raises(studio.InputError, match=message) as info:
+        studio.parse(cache, "bundled", 0, ORDERS, 0, image=image, mask=mask)
+    assert info.value.field == field
