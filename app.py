@@ -620,7 +620,7 @@ def create_demo(model: str | None = None) -> gr.Blocks:
         api_inputs += [schedule_box]
         gr.Button(visible=False).click(edit, api_inputs, outputs, api_name="edit")
         gr.on(
-            [editor.change, mask_box.change, seed_box.change],
+            [editor.change, editor.upload, editor.apply, mask_box.change, seed_box.change],
             edit_preview,
             [model_box, runtime_box, editor, mask_box, seed_box],
             preview,
