@@ -28,8 +28,9 @@ from .backends import Executor, TorchExecutor
 from .backends.graphs import GraphExecutor
 from .config import SamplingConfig
 from .hub import random_models
+from .masks import preset_mask
 from .model import RAR
-from .orders import make_order
+from .orders import kept_first, make_order
 from .pipeline import DTYPES
 from .registry import spec
 from .sampler import generate, stream
@@ -47,6 +48,7 @@ class Case:
     order: str = "random"  # every panel's order kind (random: a different one per panel)
     streaming: bool = False  # consume every step's event, as the app does
     steps: int = 256  # sampler steps; fewer than the 256 tokens: parallel decoding (cosine)
+    edit: str | None = None  # a mask preset: an edit that keeps the other cells (prefilled)
 
 
 PATHS = {
@@ -65,6 +67,8 @@ CPU_CASES = [
     # Parallel decoding: the same image in fewer sampler steps (the torch runtime).
     *(Case("rar_b", "torch", "fp32", "fast", 1, steps=n) for n in (128, 64, 32)),
     *(Case("bundled", "torch", "fp32", "fast", 4, reps=3, steps=n) for n in (128, 64, 32)),
+    # Edits: the kept cells prefilled in one round, only the masked ones sampled.
+    *(Case("bundled", "torch", "fp32", "fast", 4, reps=3, edit=m) for m in ("center", "left")),
     Case("bundled", "torch", "fp32", "eager", 4, reps=3),
     Case("bundled", "torch", "fp32", "fast", 4, reps=3),
     Case("bundled", "onnx", "fp32", "fast", 4, reps=3),
@@ -145,10 +149,15 @@ def _sync(device: str) -> None:
 
 
 def _streamed(
-    executor: Executor, labels: Tensor, orders: Tensor, sampling: SamplingConfig, seed: int
+    executor: Executor,
+    labels: Tensor,
+    orders: Tensor,
+    sampling: SamplingConfig,
+    seed: int,
+    prompt: Tensor | None = None,
 ) -> Tensor:
     """generate() as the app runs it: every step's event comes to the host."""
-    (last,) = deque(stream(executor, labels, orders, sampling, seed), maxlen=1)
+    (last,) = deque(stream(executor, labels, orders, sampling, seed, prompt), maxlen=1)
     return last.canvas
 
 
@@ -160,9 +169,10 @@ class Setup:
     orders: Tensor
     sampling: SamplingConfig
     run: Callable[..., Tensor]  # generate, or _streamed
+    prompt: Tensor | None = None  # an edit's kept tokens
 
     def __call__(self, seed: int) -> Tensor:
-        return self.run(self.executor, self.labels, self.orders, self.sampling, seed)
+        return self.run(self.executor, self.labels, self.orders, self.sampling, seed, self.prompt)
 
 
 def prepare(case: Case, device: str) -> Setup:
@@ -178,12 +188,18 @@ def prepare(case: Case, device: str) -> Setup:
     sampling = spec(case.model).sampling
     if case.steps < executor.config.image_seq_len:
         sampling = sampling.with_(steps=case.steps, schedule="cosine")
-    for event in stream(executor, labels, orders, sampling):
-        if event.step == 3:
+    prompt = None
+    if case.edit:  # random tokens stand in for an encoded picture: the cost is the same
+        keep = ~preset_mask(case.edit, side, side).flatten()
+        orders = kept_first(orders, keep)
+        tokens = torch.randint(0, executor.config.codebook_size, keep.shape)
+        prompt = torch.where(keep, tokens, -1).expand(case.orders, -1).clone()
+    for event in stream(executor, labels, orders, sampling, 0, prompt):
+        if event.step >= event.given + 3:
             break
     decode(event.canvas.clamp_min(0).to(device))
     run = _streamed if case.streaming else generate
-    return Setup(executor, decode, labels, orders, sampling, run)
+    return Setup(executor, decode, labels, orders, sampling, run, prompt)
 
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "amx_tile")
@@ -246,20 +262,27 @@ def measure(case: Case, device: str) -> dict:
         "device": device,
         "batch": case.orders,
         "seconds_per_image": round(gen_s + dec_s, 3),
-        "tokens_per_s": round(case.orders * setup.executor.config.image_seq_len / gen_s, 1),
+        "tokens_per_s": round(case.orders * _sampled(setup) / gen_s, 1),
         "decode_seconds": round(dec_s, 3),
         "generate_seconds": round(gen_s, 3),
         "peak_mem_mb": round(peak_mem_mb(device)),
         "threads": torch.get_num_threads(),
-        **(_floor(case) if device == "cpu" else {}),
+        **(_floor(case, _sampled(setup)) if device == "cpu" else {}),
     }
 
 
-def _floor(case: Case) -> dict:
-    """CPU lines: the CPU, its read bandwidth and the case's bandwidth floor beside its time."""
+def _sampled(setup: Setup) -> int:
+    """Tokens sampled per image: all of them, or the cells an edit regenerates."""
+    L = setup.executor.config.image_seq_len
+    return L if setup.prompt is None else int((setup.prompt[0] < 0).sum())
+
+
+def _floor(case: Case, sampled: int) -> dict:
+    """CPU lines: the CPU, its read bandwidth and the case's bandwidth floor beside its time
+    (a step per sampled token, or per step where there are fewer)."""
     model, _ = random_models(case.model)
     bandwidth = read_bandwidth_gbs()
-    floor = floor_seconds(model, case.dtype, case.steps, bandwidth)
+    floor = floor_seconds(model, case.dtype, min(case.steps, sampled), bandwidth)
     return {**cpu_info(), "read_gbs": round(bandwidth, 1), "floor_s": round(floor, 3)}
 
 
@@ -277,7 +300,9 @@ def profile(
     first, end = window
     schedule = torch.profiler.schedule(wait=first - 1, warmup=1, active=end - first, repeat=1)
     with torch.profiler.profile(activities=activities, schedule=schedule) as prof:
-        for _ in stream(setup.executor, setup.labels, setup.orders, setup.sampling):
+        for _ in stream(
+            setup.executor, setup.labels, setup.orders, setup.sampling, 0, setup.prompt
+        ):
             prof.step()
     attr = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
     rows = [(getattr(e, attr), e) for e in prof.key_averages()]

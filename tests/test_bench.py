@@ -56,3 +56,13 @@ def test_bench_measures_onnx(tmp_path, monkeypatch) -> None:
     assert row["seconds_per_image"] >= row["decode_seconds"] > 0
     assert row["tokens_per_s"] > 0 and row["peak_mem_mb"] > 0
     assert row["device"] == "cpu" and row["path"] == "fast" and row["orders"] == 2
+
+
+def test_bench_measures_an_edit_on_the_cells_it_samples() -> None:
+    row = measure(Case("bundled", "torch", "fp32", "fast", 2, edit="center"), "cpu")
+    assert row["edit"] == "center" and row["generate_seconds"] > 0
+    # 64 of 256 cells sampled: the floor is a quarter of a whole image's.
+    model, _ = random_models("bundled")
+    assert row["floor_s"] == pytest.approx(
+        floor_seconds(model, "fp32", 64, row["read_gbs"]), rel=0.01
+    )
