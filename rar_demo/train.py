@@ -114,14 +114,26 @@ class Run:
         self.args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
         self.t0 = time.time()
 
-    def resume(self, model: torch.nn.Module, opt: torch.optim.Optimizer) -> int:
-        if not self.ckpt.exists():
-            return 0
-        state = torch.load(self.ckpt, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        self.log({"event": "resumed", "step": state["step"]})
-        return state["step"]
+    def resume(
+        self, model: torch.nn.Module, opt: torch.optim.Optimizer
+    ) -> tuple[int, torch.Generator]:
+        """The step to go on from (0 for a new run), the checkpoint's state loaded, and the
+        run's random stream for the steps from there (seeded by --seed and that step)."""
+        step = 0
+        if self.ckpt.exists():
+            state = torch.load(self.ckpt, map_location="cpu", weights_only=True)
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            step = state["step"]
+            self.log({"event": "resumed", "step": step})
+        return step, torch.Generator().manual_seed(self.args["seed"] + step)
+
+    def set_lr(self, opt: torch.optim.Optimizer, step: int) -> float:
+        """Warmup then cosine over --steps, peaking at --lr; returns this step's rate."""
+        lr = learning_rate(step, self.args["steps"], self.args["lr"], self.args["warmup"])
+        for group in opt.param_groups:
+            group["lr"] = lr
+        return lr
 
     def save(
         self, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, config: dict
@@ -177,13 +189,11 @@ def train_tokenizer(args: argparse.Namespace) -> None:
     config = model.config
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=1e-4)
     run = Run(args.out, args)
-    start = run.resume(model, opt)
-    gen = torch.Generator().manual_seed(args.seed + start)
+    start, gen = run.resume(model, opt)
     usage = torch.zeros(config.codebook_size, device=device)
     batch_iter = batches(len(images), args.batch_size, gen)
     for step in range(start, args.steps):
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
+        run.set_lr(opt, step)
         x = random_crop(images[next(batch_iter).to(device)], args.crop, gen)
         recon, vq_loss, codes = vq_forward(model, x)
         rec_loss = F.mse_loss(recon, x) + 0.1 * F.l1_loss(recon, x)
@@ -227,12 +237,10 @@ def train_decoder(args: argparse.Namespace) -> None:
     test_images = to_tensor(data.heldout_split().images[:256]).to(device)
     opt = torch.optim.AdamW(model.decoder.parameters(), lr=args.lr, betas=(0.9, 0.99))
     run = Run(args.out, args)
-    start = run.resume(model, opt)
-    gen = torch.Generator().manual_seed(args.seed + start)
+    start, gen = run.resume(model, opt)
     batch_iter = batches(len(images), args.batch_size, gen)
     for step in range(start, args.steps):
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
+        run.set_lr(opt, step)
         idx, flip = next(batch_iter).to(device), int(torch.rand(1, generator=gen) < 0.5)
         target = images[idx].flip(-1) if flip else images[idx]
         recon = model.decoder(model.quantize.lookup(codes[flip, idx], model.grid))
@@ -365,17 +373,14 @@ def train_generator(args: argparse.Namespace) -> None:
         betas=(0.9, 0.96),
     )
     run = Run(args.out, args)
-    start = run.resume(model, opt)
-    gen = torch.Generator().manual_seed(args.seed + start)
+    start, gen = run.resume(model, opt)
     if args.balanced:
         batch_iter = balanced_batches(labels, args.batch_size, gen)
     else:
         batch_iter = batches(len(tokens), args.batch_size, gen)
     L = config.image_seq_len
     for step in range(start, args.steps):
-        lr = learning_rate(step, args.steps, args.lr, args.warmup)
-        for group in opt.param_groups:
-            group["lr"] = lr
+        lr = run.set_lr(opt, step)
         idx = next(batch_iter)
         x, y = tokens[idx].to(device), labels[idx].clone()
         y[torch.rand(len(y), generator=gen) < LABEL_DROP] = config.null_class
@@ -414,12 +419,10 @@ def train_classifier(args: argparse.Namespace) -> None:
     model = EmojiClassifier(config).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     run = Run(args.out, args)
-    start = run.resume(model, opt)
-    gen = torch.Generator().manual_seed(args.seed + start)
+    start, gen = run.resume(model, opt)
     batch_iter = batches(len(images), args.batch_size, gen)
     for step in range(start, args.steps):
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
+        run.set_lr(opt, step)
         idx = next(batch_iter).to(device)
         model.train()
         logits = model(augment(images[idx], gen))
