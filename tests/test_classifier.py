@@ -64,3 +64,11 @@ def test_weights_round_trip_with_their_classes(tmp_path) -> None:
     assert counter.dtype == torch.long and counter.item() == 1
     images = torch.rand(3, 3, 16, 16)
     torch.testing.assert_close(loaded(images), model(images), atol=2e-2, rtol=0)  # fp16 file
+
+
+def test_the_shipped_classifier_knows_every_emoji_class() -> None:
+    model, classes = load_classifier()  # assets/eval/classifier.safetensors
+    assert len(classes) == model.config.num_classes == len(set(classes)) > 1800
+    assert {"fox", "cat face", "red heart", "flag: France"} <= set(classes)
+    pixels = torch.ones(2, 3, model.config.resolution, model.config.resolution)
+    assert model(pixels).shape == (2, len(classes))
