@@ -32,7 +32,6 @@ from .data import CACHE_PATH, EmojiDataset, load_or_build
 from .metrics import heldout_nll, psnr, recognition
 from .orders import make_order
 from .pipeline import Pipeline, load_pipeline
-from .registry import BUNDLED_DIR
 from .render import sheet, stack, to_uint8
 from .sampler import StepEvent, generate
 from .vqgan import to_tensor, tokenize
@@ -159,7 +158,10 @@ def sample_sheet(pipe: Pipeline, groups: Sequence[str], seeds: int = 2) -> Image
     picked = spread_classes(groups, 0)
     ids = [c for c in picked for _ in ORDERS]
     by_seed = [draw(pipe, ids, ORDERS * len(picked), seed) for seed in range(seeds)]
-    panels = torch.stack(by_seed, 1).view(len(picked), len(ORDERS) * seeds, *by_seed[0].shape[1:])
+    # (classes x orders, seeds, ...) -> per class: order-major, then seed (as the captions)
+    panels = torch.stack(by_seed, 1).reshape(
+        len(picked), len(ORDERS) * seeds, *by_seed[0].shape[1:]
+    )
     rows = [
         sheet(
             list(to_uint8(row)),
@@ -178,8 +180,12 @@ def evaluate(
     classes: int = 300,
     int8: bool = False,
     classifier_path: Path = CLASSIFIER_PATH,
+    weights: Path | None = None,
+    tokenizer_weights: Path | None = None,
 ) -> dict:
-    pipe = load_pipeline("bundled")
+    """Everything above for the bundled weights, or for candidate files `weights` (the
+    generator) and `tokenizer_weights` from `train export`."""
+    pipe = load_pipeline("bundled", weights=weights, tokenizer_weights=tokenizer_weights)
     data = load_or_build(data_path)
     if pipe.class_names != data.class_names:
         raise SystemExit(
@@ -200,7 +206,13 @@ def evaluate(
         "recognition_classes": len(picked),
         "recognition": recognition_by_order(pipe, classifier, picked),
         "heldout_images": len(heldout),
-        "bundled_bytes": sum(p.stat().st_size for p in BUNDLED_DIR.glob("*.safetensors")),
+        "bundled_bytes": sum(
+            Path(p).stat().st_size
+            for p in (
+                weights or pipe.spec.generator_weights,
+                tokenizer_weights or pipe.spec.tokenizer_weights,
+            )
+        ),
     }
     out.mkdir(parents=True, exist_ok=True)
     if int8:
@@ -222,8 +234,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--classes", type=int, default=300, help="classes scored per order")
     parser.add_argument("--classifier", type=Path, default=CLASSIFIER_PATH)
     parser.add_argument("--int8", action="store_true", help="also compare ONNX fp32 vs int8")
+    parser.add_argument("--weights", type=Path, help="a candidate generator file, not the shipped")
+    parser.add_argument("--tokenizer-weights", type=Path, help="a candidate tokenizer file")
     args = parser.parse_args(argv)
-    evaluate(args.out, args.data, args.classes, args.int8, args.classifier)
+    evaluate(
+        args.out,
+        args.data,
+        args.classes,
+        args.int8,
+        args.classifier,
+        args.weights,
+        args.tokenizer_weights,
+    )
 
 
 if __name__ == "__main__":

@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from rar_demo.classifier import EmojiClassifier
-from rar_demo.config import ClassifierConfig
+from rar_demo.config import VQGAN_PRESETS, ClassifierConfig
+from rar_demo.data import EmojiClass, EmojiDataset
 from rar_demo.evaluate import (
     ORDERS,
     compare_int8,
     draw,
+    main,
     recognition_by_order,
     sample_sheet,
     spread_classes,
 )
+from rar_demo.hub import save_bundled
+from rar_demo.model import RAR
 from rar_demo.pipeline import load_pipeline
+from rar_demo.train import generator_config
+from rar_demo.vqgan import VQGAN
 
 GROUPS = ("a",) * 50 + ("b",) * 30 + ("c",) * 3 + ("d",) * 1
 
@@ -71,3 +79,40 @@ def test_int8_comparison_on_the_bundled_model(pipe, tmp_path, monkeypatch) -> No
     assert metrics["int8_decoder_psnr_db"] > 35  # measured about 39 over all classes
     assert 0 < metrics["int8_greedy_token_agreement"] <= 1
     assert Image.open(tmp_path / "int8.png").size[0] > 4 * pipe.tokenizer.config.resolution
+
+
+def test_evaluate_writes_every_metric_and_the_sheet_for_candidate_weights(tmp_path) -> None:
+    """`python -m rar_demo.evaluate --weights ... --tokenizer-weights ...` end to end, on a
+    tiny dataset with random weights at the bundled model's sizes."""
+    rng = np.random.default_rng(0)
+    classes = tuple(
+        EmojiClass(chr(0x1F600 + i), f"face {i}", "Smileys & Emotion" if i < 3 else "Flags", "x")
+        for i in range(6)
+    )
+    n = 24
+    data = EmojiDataset(
+        images=rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8),
+        labels=np.arange(n) % len(classes),
+        styles=np.arange(n) % 3,
+        heldout=np.arange(n) % 4 == 0,
+        classes=classes,
+    )
+    data.save(tmp_path / "data.npz")
+    names = [c.name for c in classes]
+    torch.manual_seed(0)
+    generator = RAR(generator_config("bundled", len(classes), 512))
+    save_bundled(generator, tmp_path / "generator.safetensors", class_names=names)
+    save_bundled(VQGAN(VQGAN_PRESETS["bundled"]), tmp_path / "tokenizer.safetensors")
+    classifier = EmojiClassifier(ClassifierConfig(widths=(8, 16), num_classes=len(classes)))
+    save_bundled(classifier.eval(), tmp_path / "classifier.safetensors", class_names=names)
+    out = tmp_path / "eval"
+    args = ["--out", str(out), "--data", str(tmp_path / "data.npz"), "--classes", "0"]
+    args += ["--classifier", str(tmp_path / "classifier.safetensors")]
+    args += ["--weights", str(tmp_path / "generator.safetensors")]
+    main([*args, "--tokenizer-weights", str(tmp_path / "tokenizer.safetensors")])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["tokenizer_heldout_psnr_db_per_set"]) == {"noto", "twemoji", "openmoji"}
+    assert tuple(metrics["recognition"]) == ORDERS and metrics["recognition_classes"] == 4
+    assert 0 <= metrics["classifier_heldout_real"]["top1"] <= 1
+    assert metrics["generator_heldout_nll_raster"] > 0 and metrics["bundled_bytes"] > 0
+    assert Image.open(out / "samples.png").height > 4 * 128  # 2 groups x 2 classes
