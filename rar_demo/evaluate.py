@@ -7,8 +7,9 @@ dataset. Generator: held-out negative log-likelihood per token (nats), teacher-f
 raster and in random order; and recognition, as ImageNet generators are judged by a
 pretrained classifier: the emoji identity classifier (classifier.py, trained with
 `train classifier`) names the emoji of samples drawn at the model's default settings, for
---classes classes spread over every group, in each of ORDERS; its score on the real held-out
-artwork is the ceiling. Sheet: for each group, 2 classes x ORDERS x 2 seeds.
+--classes classes spread over every group, in each of ORDERS, and in raster and random order
+at STEP_COUNTS sampler steps (parallel decoding); its score on the real held-out artwork is
+the ceiling. Sheet: for each group, 2 classes x ORDERS x 2 seeds.
 
 --int8 also compares the ONNX export in fp32 with its int8 version (int8.png, and metrics):
 greedy-token agreement, and the int8 decoder's PSNR against fp32 on the same tokens.
@@ -28,6 +29,7 @@ from PIL import Image
 from torch import Tensor
 
 from .classifier import CLASSIFIER_PATH, load_classifier
+from .config import SamplingConfig
 from .data import CACHE_PATH, EmojiDataset, load_or_build
 from .metrics import heldout_nll, psnr, recognition
 from .orders import make_order
@@ -37,6 +39,7 @@ from .sampler import StepEvent, generate
 from .vqgan import to_tensor, tokenize
 
 ORDERS: tuple[str, ...] = ("raster", "random", "spiral", "checkerboard", "center-out")
+STEP_COUNTS: tuple[int, ...] = (128, 64, 32)  # parallel decoding, against 256 (one per token)
 
 
 def _final(events: Iterator[StepEvent]) -> Tensor:
@@ -65,9 +68,10 @@ def draw(
     orders: Sequence[str],
     seed: int,
     batch_size: int = 128,
+    sampling: SamplingConfig | None = None,
 ) -> Tensor:
-    """(N, 3, H, W) samples of class_ids[i] in orders[i] at the default settings, in batches;
-    a random order is drawn anew for every class."""
+    """(N, 3, H, W) samples of class_ids[i] in orders[i] at the default settings (or
+    `sampling`), in batches; a random order is drawn anew for every class."""
     if len(class_ids) != len(orders):
         raise ValueError("one order name per class id")
     images = []
@@ -80,21 +84,44 @@ def draw(
             ]
         )
         labels = torch.tensor(list(ids))
-        canvas = generate(pipe.executor, labels, permutations, pipe.sampling, seed + start)
+        config = sampling or pipe.sampling
+        canvas = generate(pipe.executor, labels, permutations, config, seed + start)
         images.append(pipe.decode(canvas))
     return torch.cat(images)
 
 
 def recognition_by_order(
-    pipe: Pipeline, classifier: torch.nn.Module, class_ids: Sequence[int], seed: int = 0
+    pipe: Pipeline,
+    classifier: torch.nn.Module,
+    class_ids: Sequence[int],
+    seed: int = 0,
+    orders: Sequence[str] = ORDERS,
+    sampling: SamplingConfig | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Top-1 / top-5 recognition of generated samples of `class_ids`, for each of ORDERS."""
+    """Top-1 / top-5 recognition of generated samples of `class_ids`, for each order."""
     labels = torch.tensor(list(class_ids))
+    scores = {}
+    for order in orders:
+        samples = draw(pipe, class_ids, [order] * len(class_ids), seed, sampling=sampling)
+        scores[order] = recognition(classifier, samples, labels)
+    return scores
+
+
+def recognition_by_steps(
+    pipe: Pipeline, classifier: torch.nn.Module, class_ids: Sequence[int], seed: int = 0
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Parallel decoding's quality: `recognition_by_order` in raster and random order at each
+    of STEP_COUNTS sampler steps (cosine schedule)."""
     return {
-        order: recognition(
-            classifier, draw(pipe, class_ids, [order] * len(class_ids), seed), labels
+        str(steps): recognition_by_order(
+            pipe,
+            classifier,
+            class_ids,
+            seed,
+            ("raster", "random"),
+            pipe.sampling.with_(steps=steps, schedule="cosine"),
         )
-        for order in ORDERS
+        for steps in STEP_COUNTS
     }
 
 
@@ -205,6 +232,7 @@ def evaluate(
         "classifier_heldout_real": recognition(classifier, to_tensor(heldout.images), labels),
         "recognition_classes": len(picked),
         "recognition": recognition_by_order(pipe, classifier, picked),
+        "recognition_by_steps": recognition_by_steps(pipe, classifier, picked),
         "heldout_images": len(heldout),
         "bundled_bytes": sum(
             Path(p).stat().st_size

@@ -15,6 +15,7 @@ from rar_demo.config import VQGAN_PRESETS, ClassifierConfig
 from rar_demo.data import EmojiClass, EmojiDataset
 from rar_demo.evaluate import (
     ORDERS,
+    STEP_COUNTS,
     compare_int8,
     draw,
     main,
@@ -53,6 +54,8 @@ def test_samples_are_drawn_per_class_and_order_in_batches(pipe) -> None:
     torch.testing.assert_close(images, draw(pipe, ids, orders, seed=3, batch_size=2))
     with pytest.raises(ValueError, match="one order name per class"):
         draw(pipe, ids, orders[:2], seed=0)
+    fast = pipe.sampling.with_(steps=16, schedule="cosine")
+    assert not torch.equal(draw(pipe, ids, orders, seed=3, sampling=fast), images)
 
 
 def test_recognition_is_scored_in_every_order(pipe) -> None:
@@ -113,6 +116,9 @@ def test_evaluate_writes_every_metric_and_the_sheet_for_candidate_weights(tmp_pa
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["tokenizer_heldout_psnr_db_per_set"]) == {"noto", "twemoji", "openmoji"}
     assert tuple(metrics["recognition"]) == ORDERS and metrics["recognition_classes"] == 4
+    by_steps = metrics["recognition_by_steps"]
+    assert list(by_steps) == [str(n) for n in STEP_COUNTS]
+    assert all(set(scores) == {"raster", "random"} for scores in by_steps.values())
     assert 0 <= metrics["classifier_heldout_real"]["top1"] <= 1
     assert metrics["generator_heldout_nll_raster"] > 0 and metrics["bundled_bytes"] > 0
     assert Image.open(out / "samples.png").height > 4 * 128  # 2 groups x 2 classes
