@@ -27,7 +27,7 @@ from PIL import Image
 from rar_demo import studio
 from rar_demo.config import SCHEDULES
 from rar_demo.hub import WeightsUnavailable
-from rar_demo.masks import MASK_PRESETS
+from rar_demo.masks import MASK_PRESETS, open_image
 from rar_demo.orders import ORDER_NAMES
 from rar_demo.pipeline import Pipeline
 from rar_demo.registry import MODEL_NAMES
@@ -179,8 +179,8 @@ def generate(
 
     Args:
         model: "bundled" (offline, emoji) or an official RAR model: rar_b, rar_l, rar_xl, rar_xxl.
-        class_name: a class name ("golden retriever"; for "bundled" an emoji's name, "fox",
-            or the emoji itself) or its id.
+        class_name: a class name ("golden retriever"; "Flags" on "bundled"), its id, or, for
+            models whose classes are emoji, the emoji itself.
         orders: 1 to 4 generation orders: raster, random, spiral, center-out, zigzag, column,
             diagonal, checkerboard.
         seed: a whole number; the same seed gives the same images.
@@ -234,12 +234,12 @@ def _stream(parsed: studio.Request, request: gr.Request | None) -> Iterator[tupl
 
 def edit(
     model: str,
-    image: str,
+    image: str | np.ndarray | None,
     mask: str,
     class_name: str,
     orders: list[str],
     seed: float,
-    mask_image: str | None = None,
+    mask_image: str | np.ndarray | None = None,
     cfg_scale: float | None = None,
     cfg_power: float | None = None,
     temperature: float | None = None,
@@ -276,8 +276,11 @@ def edit(
     Returns:
         As generate: status, live panels, final images, animation and plots.
     """
-    chosen = mask if mask and mask.strip() else mask_image
     try:
+        # Text names a preset; a mask picture comes as an upload (a file Gradio received).
+        chosen = mask if mask and mask.strip() else mask_image
+        if chosen is mask_image and mask_image is not None:
+            chosen = open_image(mask_image)
         parsed = studio.parse(
             CACHE, model, class_name, orders, seed, cfg_scale, cfg_power, temperature, top_k,
             speed, runtime, steps, schedule, image=image, mask=chosen,
@@ -355,8 +358,8 @@ def generate_image(model: str, class_name: str, order: str, seed: float) -> np.n
 
     Args:
         model: "bundled" (offline, emoji) or an official RAR model: rar_b, rar_l, rar_xl, rar_xxl.
-        class_name: a class name ("golden retriever"; for "bundled" an emoji's name, "fox",
-            or the emoji itself) or its id.
+        class_name: a class name ("golden retriever"; "Flags" on "bundled"), its id, or, for
+            models whose classes are emoji, the emoji itself.
         order: the generation order: raster, random, spiral, center-out, zigzag, column,
             diagonal or checkerboard.
         seed: a whole number; the same seed gives the same image.
@@ -612,9 +615,10 @@ def create_demo(model: str | None = None) -> gr.Blocks:
         edit_inputs += [speed_box, runtime_box, steps_box, schedule_box]
         edit_go.click(edit_from_editor, [model_box, *edit_inputs], outputs, **private)
         # The API's edit: a picture file and a preset name, or a mask picture.
-        api_image = gr.Image(type="filepath", visible=False)
+        # image_mode None: uploads keep their transparency (onto white, as the editor's do).
+        api_image = gr.Image(type="filepath", image_mode=None, visible=False)
         api_mask = gr.Textbox(visible=False)
-        api_mask_image = gr.Image(type="filepath", visible=False)
+        api_mask_image = gr.Image(type="filepath", image_mode=None, visible=False)
         api_inputs = [model_box, api_image, api_mask, class_box, order_box, seed_box]
         api_inputs += [api_mask_image, *sampler_boxes, speed_box, runtime_box, steps_box]
         api_inputs += [schedule_box]

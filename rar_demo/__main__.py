@@ -12,10 +12,10 @@ import torch
 
 from .backends import BACKENDS
 from .config import SCHEDULES, SamplingConfig
-from .hub import WeightsUnavailable
+from .hub import WeightsUnavailable, class_table
 from .masks import MASK_PRESETS, edit_source
 from .orders import ORDER_NAMES
-from .pipeline import DTYPES, Pipeline, load_pipeline
+from .pipeline import DTYPES, Pipeline, class_label, load_pipeline
 from .registry import MODEL_NAMES
 from .render import display_scale, mark_progress, save_animation, sheet, to_uint8
 from .sampler import StepEvent
@@ -109,14 +109,14 @@ def generate(args: argparse.Namespace) -> None:
 
 
 def list_classes(args: argparse.Namespace) -> None:
-    """One line per class: id, label (with its emoji where the model has them), group."""
-    pipe = load_pipeline(args.model, weights=args.weights)
+    """One line per class: id, label (with its emoji where the model has them), group. Reads
+    only the class list, never the weights (no download)."""
+    names, glyphs, groups = class_table(args.model, args.weights)
     text = (args.search or "").lower()
-    for i in range(len(pipe.class_names)):
-        label = pipe.class_label(i)
+    for i, name in enumerate(names):
+        label = class_label(name, glyphs[i] if glyphs else None)
         if text in label.lower():
-            group = pipe.class_groups[i] if pipe.class_groups else ""
-            print(f"{i}\t{label}\t{group}".rstrip())
+            print(f"{i}\t{label}\t{groups[i] if groups else ''}".rstrip())
 
 
 def _image_parser() -> argparse.ArgumentParser:
@@ -127,7 +127,7 @@ def _image_parser() -> argparse.ArgumentParser:
         "--class",
         dest="class_",
         required=True,
-        help="class name, id or emoji (bundled: 'fox' or 🦊; RAR: 207 or 'golden retriever')",
+        help="class name or id (207 or 'golden retriever'; see `classes`), or a class's emoji",
     )
     common.add_argument(
         "--order",
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     classes = sub.add_parser("classes", help="list a model's classes (id, name, group)")
     classes.add_argument("--model", default="bundled", help=f"one of {', '.join(MODEL_NAMES)}")
     classes.add_argument("--weights", type=Path, help="local generator weights instead of the Hub")
-    classes.add_argument("--search", help="only classes whose name contains this")
+    classes.add_argument("--search", help="only classes whose name (or emoji) contains this")
     classes.set_defaults(run=list_classes)
     args = parser.parse_args(argv)
     if len(getattr(args, "order", None) or []) > 8:

@@ -129,7 +129,9 @@ def tokenizer_metrics(pipe: Pipeline, data: EmojiDataset) -> dict:
     heldout = data.heldout_split()
     images = to_tensor(heldout.images)
     with torch.inference_mode():
-        recon = torch.cat([pipe.decode(pipe.tokenizer.encode(b)) for b in images.split(256)])
+        recon = torch.cat(
+            [pipe.decode(pipe.tokenizer.encode(b.to(pipe.device))) for b in images.split(256)]
+        )
     scores = psnr(recon, images)
     per_set = {
         name: round(scores[torch.from_numpy(heldout.styles == s)].mean().item(), 2)
@@ -209,10 +211,13 @@ def evaluate(
     classifier_path: Path = CLASSIFIER_PATH,
     weights: Path | None = None,
     tokenizer_weights: Path | None = None,
+    device: str = "cpu",
 ) -> dict:
     """Everything above for the bundled weights, or for candidate files `weights` (the
-    generator) and `tokenizer_weights` from `train export`."""
-    pipe = load_pipeline("bundled", weights=weights, tokenizer_weights=tokenizer_weights)
+    generator) and `tokenizer_weights` from `train export`; sampling on `device`."""
+    pipe = load_pipeline(
+        "bundled", device=device, weights=weights, tokenizer_weights=tokenizer_weights
+    )
     data = load_or_build(data_path)
     if pipe.class_names != data.class_names:
         raise SystemExit(
@@ -264,6 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--int8", action="store_true", help="also compare ONNX fp32 vs int8")
     parser.add_argument("--weights", type=Path, help="a candidate generator file, not the shipped")
     parser.add_argument("--tokenizer-weights", type=Path, help="a candidate tokenizer file")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     evaluate(
         args.out,
@@ -273,6 +279,7 @@ def main(argv: list[str] | None = None) -> None:
         args.classifier,
         args.weights,
         args.tokenizer_weights,
+        args.device,
     )
 
 

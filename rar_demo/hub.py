@@ -141,19 +141,23 @@ def load_generator(
     return materialize(RAR, config, state, device, dtype), classes
 
 
-def class_annotations(
+def class_table(
     name: str, weights: Path | str | None = None
-) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(glyphs, groups) of a generator's classes, from the metadata of a bundled weights file
-    (the emoji and their Unicode groups); empty where the weights name none (ImageNet)."""
-    source = Path(weights) if weights is not None else spec(name).generator_weights
-    if not isinstance(source, Path) or source.suffix != ".safetensors" or not source.is_file():
-        return (), ()
-    with safe_open(source, "pt") as f:
-        meta = f.metadata() or {}
-    return tuple(json.loads(meta.get("class_glyphs", "[]"))), tuple(
-        json.loads(meta.get("class_groups", "[]"))
-    )
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """(names, glyphs, groups) of model `name`'s classes, without loading its weights: from
+    a bundled weights file's metadata (the emoji and their Unicode groups), else the
+    registry's class list (no glyphs or groups)."""
+    entry = spec(name)
+    source = Path(weights) if weights is not None else entry.generator_weights
+    if isinstance(source, Path) and source.suffix == ".safetensors" and source.is_file():
+        with safe_open(source, "pt") as f:
+            meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+        if "class_names" in meta:
+            glyphs, groups = meta.get("class_glyphs", []), meta.get("class_groups", [])
+            return tuple(meta["class_names"]), tuple(glyphs), tuple(groups)
+    if entry.classes is not None:
+        return imagenet_classes(entry.classes), (), ()
+    raise WeightsUnavailable(f"{source} names no classes")
 
 
 def load_tokenizer(

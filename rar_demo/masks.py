@@ -145,7 +145,7 @@ def prepare_image(image: Image.Image, resolution: int) -> np.ndarray:
     """Any picture -> (resolution, resolution, 3) uint8: upright, transparency onto white,
     centre-cropped to a square and resized."""
     image = ImageOps.exif_transpose(image)
-    if image.mode in ("RGBA", "LA", "P"):
+    if image.mode in ("RGBA", "LA", "P", "PA") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, "white")
         image = Image.alpha_composite(white, rgba)

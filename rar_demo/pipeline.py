@@ -14,12 +14,17 @@ from torch import Tensor
 from .backends import BACKENDS, Executor, TorchExecutor
 from .backends.graphs import GraphExecutor
 from .config import SamplingConfig
-from .hub import class_annotations, load_generator, load_tokenizer
+from .hub import class_table, load_generator, load_tokenizer
 from .model import RAR
 from .orders import kept_first, make_order
 from .registry import ModelSpec, spec
 from .sampler import StepEvent, stream
 from .vqgan import VQGAN, to_tensor
+
+
+def class_label(name: str, glyph: str | None = None) -> str:
+    """A class as pickers and lists show it: its emoji, if it has one, then its name."""
+    return f"{glyph} {name}" if glyph else name
 
 
 @dataclass
@@ -64,8 +69,8 @@ class Pipeline:
 
     def class_label(self, class_id: int) -> str:
         """How the class is shown: "🦊 fox" where the weights name its emoji, else its name."""
-        name = self.class_names[class_id]
-        return f"{self.class_glyphs[class_id]} {name}" if self.class_glyphs else name
+        glyph = self.class_glyphs[class_id] if self.class_glyphs else None
+        return class_label(self.class_names[class_id], glyph)
 
     def class_choices(self) -> list[tuple[str, str]]:
         """(label, name) per class, for a searchable picker whose value is the class name."""
@@ -88,8 +93,13 @@ class Pipeline:
             return self.class_glyphs.index(text)
         names = [c.lower() for c in self.class_names]
         labels = [self.class_label(i).lower() for i in range(n)]
+        exact = [i for i in range(n) if text in (names[i], labels[i])]
+        if len(exact) == 1:
+            return exact[0]
+        if not exact and text in (g.lower() for g in self.class_groups):
+            raise ValueError(self._unknown_class(str(query).strip()))  # a group, not a class
         for match in (
-            lambda i: text in (names[i], labels[i]),
+            lambda i: i in exact,
             lambda i: text in (s.strip() for s in names[i].split(",")),
             lambda i: text in names[i],
         ):
@@ -148,12 +158,9 @@ class Pipeline:
         images = to_tensor(pixels[None]).to(self.tokenizer.quantize.embedding.weight.device)
         return self.tokenizer.encode(images)[0].cpu()
 
-    def edit_inputs(
-        self, pixels: np.ndarray, regenerate: Tensor, names: Sequence[str], seed: int
-    ) -> tuple[Tensor, Tensor]:
-        """(orders, prompt) to `stream` an edit of `pixels`: the cells where `regenerate`
-        (h, w) is True are generated in each named order, the others keep the picture's
-        tokens and come first."""
+    def edit_orders(self, regenerate: Tensor, names: Sequence[str], seed: int) -> Tensor:
+        """(B, L) orders for an edit: the cells where `regenerate` (h, w) is False first, then
+        the others in each named order. Refuses an empty or full mask (no model work)."""
         if regenerate.shape != self.grid:
             raise ValueError(f"the mask must cover the {self.grid[1]}x{self.grid[0]} token grid")
         if not regenerate.any():
@@ -162,10 +169,20 @@ class Pipeline:
             raise ValueError(
                 "the mask covers the whole picture: nothing of it would be kept (use Generate)"
             )
+        return kept_first(self.orders(names, seed), ~regenerate.flatten())
+
+    def edit_prompt(self, pixels: np.ndarray, regenerate: Tensor, batch: int) -> Tensor:
+        """(batch, L) prompt for `stream`: the picture's tokens where `regenerate` is False,
+        -1 where it is True (runs the encoder, so on a GPU it belongs in the GPU call)."""
         keep = ~regenerate.flatten()
-        orders = kept_first(self.orders(names, seed), keep)
-        prompt = torch.where(keep, self.encode(pixels), -1).expand(len(orders), -1).clone()
-        return orders, prompt
+        return torch.where(keep, self.encode(pixels), -1).expand(batch, -1).clone()
+
+    def edit_inputs(
+        self, pixels: np.ndarray, regenerate: Tensor, names: Sequence[str], seed: int
+    ) -> tuple[Tensor, Tensor]:
+        """(orders, prompt) to `stream` an edit of `pixels` (see edit_orders, edit_prompt)."""
+        orders = self.edit_orders(regenerate, names, seed)
+        return orders, self.edit_prompt(pixels, regenerate, len(orders))
 
     @torch.inference_mode()
     def decode(self, canvas: Tensor) -> Tensor:
@@ -226,5 +243,5 @@ def load_pipeline(
         executor, decoder = open_export(directory, int8)
     else:
         executor, decoder = torch_executor(generator, compile), None
-    glyphs, groups = class_annotations(name, weights)
+    _, glyphs, groups = class_table(name, weights)
     return Pipeline(entry, generator, tokenizer, classes, executor, decoder, glyphs, groups)

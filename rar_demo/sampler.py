@@ -82,7 +82,7 @@ def _pick(probs: Tensor, uniforms: Tensor | None) -> Tensor:
 def check_steps(executor: Executor, config: SamplingConfig, given: int = 0) -> None:
     """Raises ValueError unless `executor` can run `config`'s steps (for L - given cells)."""
     L = executor.config.image_seq_len
-    counts = _counts(config, L, given)
+    counts = step_sizes(config, L, given)
     if len(counts) < L - given and getattr(executor, "decode_round", None) is None:
         raise ValueError(
             f"several tokens per step run on the torch runtime; {type(executor).__name__} "
@@ -90,7 +90,7 @@ def check_steps(executor: Executor, config: SamplingConfig, given: int = 0) -> N
         )
 
 
-def _counts(config: SamplingConfig, L: int, given: int) -> list[int]:
+def step_sizes(config: SamplingConfig, L: int, given: int = 0) -> list[int]:
     """Tokens per step for the L - given cells to generate; an edit with fewer cells than
     `config.steps` takes one per step."""
     if config.steps is not None:
@@ -113,7 +113,7 @@ def check_prompt(prompt: Tensor, orders: Tensor, codebook_size: int) -> int:
         raise ValueError("every row of the prompt must give the same number of cells")
     if K == prompt.shape[1]:
         raise ValueError("the prompt gives every cell: nothing is left to generate")
-    if not given.gather(1, orders.cpu()[:, :K]).all():
+    if not given.gather(1, orders.cpu()[:, :K].long()).all():
         raise ValueError("the orders must visit the prompt's cells first (see orders.kept_first)")
     return K
 
@@ -156,7 +156,7 @@ def stream(
     the KV cache is local to the generation and goes with it.
     """
     given = _validate(executor, labels, orders, config, prompt)
-    return _events(executor, labels, orders, config, seed, prompt if given else None)
+    return _events(executor, labels, orders, config, seed, prompt if given else None, given)
 
 
 def generate(
@@ -193,13 +193,13 @@ def _events(
     config: SamplingConfig,
     seed: int,
     prompt: Tensor | None,
+    given: int,
 ) -> Iterator[StepEvent]:
     orders = orders.cpu()
     B, L = orders.shape
     canvas = torch.full((B, L), -1, dtype=torch.long) if prompt is None else prompt.cpu().clone()
-    given = int((canvas[0] >= 0).sum())
     rows = torch.arange(B)
-    num_rounds = len(_counts(config, L, given))
+    num_rounds = len(step_sizes(config, L, given))
     rounds = _sample(executor, labels, orders, config, seed, prompt)
     for round_, (start, tokens, probs) in enumerate(rounds):
         chosen = probs.gather(-1, tokens[..., None]).squeeze(-1)
@@ -295,7 +295,7 @@ def _sample(
         given = None if given is None else given.repeat(2, 1)
     uniforms = None if config.greedy else draw_uniforms(seed, B, L).to(device)
     cache = executor.new_cache(labels.shape[0])
-    counts = _counts(config, L, K)
+    counts = step_sizes(config, L, K)
     batched = getattr(executor, "decode_round", None) is not None
 
     if len(counts) == L - K and not (K and batched):

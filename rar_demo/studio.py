@@ -41,7 +41,7 @@ from .render import (
     sheet,
     to_uint8,
 )
-from .sampler import StepEvent, check_steps, generate
+from .sampler import StepEvent, check_steps, generate, step_sizes
 from .vqgan import to_tensor
 
 T = TypeVar("T")
@@ -164,12 +164,21 @@ class Request:
     sampling: SamplingConfig
     speed: float  # at most this many steps per second
     runtime: str = "torch"  # a key of RUNTIMES
-    prompt: Tensor | None = None  # an edit's (B, L) kept tokens, -1 where to generate
+    # An edit: the picture at the model's resolution, and the (h, w) cells to regenerate. Its
+    # tokens are encoded when the run starts (on ZeroGPU, inside the GPU call).
+    pixels: np.ndarray | None = None
+    regenerate: Tensor | None = None
 
     @property
     def edited_cells(self) -> int:
         """How many cells an edit regenerates (0: not an edit)."""
-        return 0 if self.prompt is None else int((self.prompt[0] < 0).sum())
+        return 0 if self.regenerate is None else int(self.regenerate.sum())
+
+    def prompt(self, pipe: Pipeline, batch: int) -> Tensor | None:
+        """An edit's (batch, L) kept tokens for the sampler, -1 where to generate; else None."""
+        if self.pixels is None or self.regenerate is None:
+            return None
+        return pipe.edit_prompt(self.pixels, self.regenerate, batch)
 
     @property
     def short_name(self) -> str:
@@ -270,12 +279,16 @@ def parse(
         return None
 
     pipe = cache.get(model, runtime)
-    _field("steps", lambda: check_steps(pipe.executor, sampling))
     class_id = _field("class_name", lambda: pipe.class_id("" if class_name is None else class_name))
-    permutations, prompt = pipe.orders(orders, int(seed)), None
-    if image is not None or mask is not None:
-        permutations, prompt = _edit_inputs(pipe, image, mask, orders, int(seed))
-        _field("steps", lambda: check_steps(pipe.executor, sampling, int((prompt[0] >= 0).sum())))
+    pixels = regenerate = None
+    if image is None and mask is None:
+        permutations = pipe.orders(orders, int(seed))
+        kept = 0
+    else:
+        pixels, regenerate = _edit_source(pipe, image, mask, int(seed))
+        permutations = _field("mask", lambda: pipe.edit_orders(regenerate, orders, int(seed)))
+        kept = int((~regenerate).sum())
+    _field("steps", lambda: check_steps(pipe.executor, sampling, kept))
     return Request(
         model,
         class_id,
@@ -286,23 +299,27 @@ def parse(
         sampling,
         float(speed),
         runtime,
-        prompt,
+        pixels,
+        regenerate,
     )
 
 
-def _edit_inputs(
-    pipe: Pipeline, image: object, mask: object, orders: tuple[str, ...], seed: int
-) -> tuple[Tensor, Tensor]:
+def _edit_source(
+    pipe: Pipeline, image: object, mask: object, seed: int
+) -> tuple[np.ndarray, Tensor]:
+    """An edit's picture and cells (see masks.edit_source). A mask given as text must be a
+    preset's name: requests never name files on the server."""
     if image is None:
         raise InputError("image", "choose a picture to edit")
     if mask is None or (isinstance(mask, str) and not mask.strip()):
         raise InputError("mask", "paint the cells to regenerate, or pick a mask preset")
+    if isinstance(mask, str) and mask.strip() not in masks.MASK_PRESETS:
+        presets = ", ".join(masks.MASK_PRESETS)
+        raise InputError("mask", f"unknown mask {mask!r}; choose one of {presets}")
     resolution = pipe.tokenizer.config.resolution
     picture = _field("image", lambda: masks.open_image(image))
-    pixels, regenerate = _field(
-        "mask", lambda: masks.edit_source(picture, mask, resolution, pipe.grid, seed)
-    )
-    return _field("mask", lambda: pipe.edit_inputs(pixels, regenerate, orders, seed))
+    mask = mask.strip() if isinstance(mask, str) else mask
+    return _field("mask", lambda: masks.edit_source(picture, mask, resolution, pipe.grid, seed))
 
 
 class Keep(Enum):
@@ -436,7 +453,7 @@ def _describe(request: Request) -> str:
     top_k = f" · top-k {s.top_k}" if s.top_k else ""
     steps = f" · {s.steps} steps ({s.schedule})" if s.steps else ""
     runtime = f" · {request.runtime}" if request.runtime != "torch" else ""
-    edit = f"edit of {request.edited_cells} cells · " if request.prompt is not None else ""
+    edit = f"edit of {request.edited_cells} cells · " if request.edited_cells else ""
     return (
         f"{edit}{request.short_name} (class {request.class_id}) · seed {request.seed}"
         f" · CFG {s.guidance_scale:g} (power {s.guidance_power:g}) · T {s.temperature:g}{top_k}"
@@ -475,7 +492,7 @@ def still(cache: ModelCache, request: Request) -> np.ndarray:
     pipe = cache.get(request.model, request.runtime)
     orders = request.permutations[:1]
     labels = torch.full((1,), request.class_id, dtype=torch.long)
-    prompt = None if request.prompt is None else request.prompt[:1]
+    prompt = request.prompt(pipe, 1)
     canvas = generate(pipe.executor, labels, orders, request.sampling, request.seed, prompt)
     image = to_uint8(pipe.decode(canvas))[0]
     scale = display_scale(image.shape[0])
@@ -498,7 +515,8 @@ def run(
     about = _describe(request)
     order_plot = plots.order_heatmaps(names, request.permutations, pipe.grid)
     # An edit shows the cells it keeps from the start.
-    first = render.blank(len(names)) if request.prompt is None else render(request.prompt, None)
+    prompt = request.prompt(pipe, len(names))
+    first = render.blank(len(names)) if prompt is None else render(prompt, None)
     yield Update(
         status=f"**Starting** · {about}",
         panels=dict(zip(names, first, strict=True)),
@@ -515,7 +533,7 @@ def run(
             request.permutations,
             request.seed,
             request.sampling,
-            request.prompt,
+            prompt,
         ),
         request.speed,
     )
@@ -530,9 +548,11 @@ def run(
                 continue  # the last step shows as the final images
             frame_start = clock()
             frames = render(event.canvas, event.positions)
-            shown = filled = event.step + 1
-            if not recorded or filled - recorded[-1][0] >= event.num_steps / ANIMATION_FRAMES:
-                footer = f"step {filled} / {event.num_steps}"
+            shown = event.step
+            filled = event.step + 1 - event.given  # tokens generated (an edit's kept cells aside)
+            to_fill = event.num_steps - event.given
+            if not recorded or filled - recorded[-1][0] >= to_fill / ANIMATION_FRAMES:
+                footer = f"step {event.round + 1} / {event.num_rounds}"
                 recorded.append((filled, sheet(frames, names, scale, footer)))
             yield Update(
                 status=f"**Step {event.round + 1} / {event.num_rounds}** · {about}",
@@ -549,7 +569,8 @@ def run(
     event, seconds = sampling.latest, clock() - start
     if event is None or not event.done:
         taken = 0 if event is None else event.round + 1
-        rounds = pipe.num_steps if event is None else event.num_rounds
+        kept = pipe.num_steps - request.edited_cells if request.edited_cells else 0
+        rounds = len(step_sizes(request.sampling, pipe.num_steps, kept))
         yield Update(status=f"**Stopped at step {taken} / {rounds}** · {about}")
         return
     stats = plots.step_curves(names, torch.stack(sampling.probs), torch.stack(sampling.entropy))

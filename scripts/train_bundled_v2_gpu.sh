@@ -27,13 +27,16 @@ train() { timeout "$TRAIN_S" "$PY" -m rar_demo.train "$@" || [ $? -eq 124 ]; }
 train decoder --tokenizer "$TOKENIZER" --out runs/dec_v2_gpu \
     --steps 14400 --batch-size 64 --lr 5e-4 --warmup 100 --log-every 400 --save-every 800 \
     --threads 4 > "$OUT/decoder.log" 2>&1 &
+jobs=($!)
 train generator --tokenizer "$TOKENIZER" --init "$INIT" \
     --balanced --batch-size 256 --lr 6e-4 --warmup 200 --out runs/gen_v2_gpu --steps 2400 \
     --log-every 100 --save-every 200 --threads 4 > "$OUT/generator.log" 2>&1 &
+jobs+=($!)
 train classifier --tokenizer "$TOKENIZER" --out runs/clf_v2_gpu \
     --steps 6000 --batch-size 256 --lr 2e-3 --warmup 200 --log-every 500 --save-every 500 \
     --threads 4 > "$OUT/classifier.log" 2>&1 &
-wait
+jobs+=($!)
+for job in "${jobs[@]}"; do wait "$job"; done  # each one's status: set -e stops on a failure
 for run in dec gen clf; do cp "runs/${run}_v2_gpu/log.jsonl" "$OUT/${run}_v2_gpu.jsonl"; done
 "$PY" -m rar_demo.train export --tokenizer runs/dec_v2_gpu --generator runs/gen_v2_gpu \
     --classifier runs/clf_v2_gpu --out "$OUT/bundled" \
@@ -41,4 +44,4 @@ for run in dec gen clf; do cp "runs/${run}_v2_gpu/log.jsonl" "$OUT/${run}_v2_gpu
 # Evaluated in place of the shipped weights (on the device's copy of the tree only).
 cp "$OUT"/bundled/*.safetensors assets/bundled/
 cp "$OUT/eval/classifier.safetensors" assets/eval/
-"$PY" -m rar_demo.evaluate --out "$OUT/eval"
+"$PY" -m rar_demo.evaluate --out "$OUT/eval" --device cuda

@@ -396,3 +396,18 @@ def test_edit_with_a_mask_picture_and_bad_masks(client: Client, picture: Path, t
     for bad, message in [("sideways", "unknown mask 'sideways'"), ("", "paint the cells")]:
         with pytest.raises(Exception, match=re.escape(message)):
             client.predict(mask=bad, **args)
+
+
+def test_a_transparent_picture_reaches_the_edit_on_white(client: Client, tmp_path) -> None:
+    from gradio_client import handle_file
+
+    rgba = np.zeros((64, 64, 4), dtype=np.uint8)  # transparent black, an opaque blue block
+    rgba[16:48, 16:48] = (20, 40, 160, 255)
+    path = tmp_path / "transparent.png"
+    Image.fromarray(rgba).save(path)
+    out = client.predict(
+        model="bundled", image=handle_file(str(path)), mask="left", class_name="0",
+        orders=["raster"], seed=0, speed=512, api_name="/edit",
+    )  # fmt: skip
+    final = np.asarray(Image.fromarray(_finals(out)[0]).resize((64, 64), Image.NEAREST))
+    assert final[:, 56:].mean() > 200  # the kept right edge is white, not black

@@ -140,6 +140,13 @@ def test_emoji_classes_are_shown_with_their_glyph_and_found_by_it(emoji_pipe, pi
         emoji_pipe.class_id("heart")
 
 
+def test_a_group_name_is_not_a_class_even_where_it_is_part_of_a_name(emoji_pipe) -> None:
+    groups = (*GROUPS[:4], "Flag")  # "flag" is also a substring of "flag: France"
+    pipe = replace(emoji_pipe, class_groups=groups)
+    with pytest.raises(ValueError, match="'Flag' is a group of 1 emoji, not one class"):
+        pipe.class_id("flag")
+
+
 def test_a_group_name_is_not_a_class_and_says_which_are(emoji_pipe) -> None:
     with pytest.raises(ValueError) as info:
         emoji_pipe.class_id("animals & nature")

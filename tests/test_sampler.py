@@ -591,3 +591,21 @@ def test_bad_prompts_raise_before_any_work(model, change, message) -> None:
     orders, prompt = change(*_edit(_orders(None, 3)))
     with pytest.raises(ValueError, match=message):
         stream(model, torch.tensor([0, 1]), orders, SAMPLE, 0, prompt)
+
+
+def test_a_guided_greedy_edit_guides_with_the_prompt_in_both_branches(rar) -> None:
+    """CFG: the unconditional rows see the kept cells too. Teacher-force the result through
+    the conditional and the unconditional model, each given the whole canvas: the guided
+    argmax at every generated step is the token the edit chose."""
+    config = SamplingConfig(greedy=True, guidance_scale=3.0, guidance_power=1.0)
+    orders, prompt = _edit(_orders(70, 4))
+    labels = torch.tensor([2, 0])
+    canvas = generate(TorchExecutor(rar), labels, orders, config, 0, prompt)
+    with torch.no_grad():
+        cond = rar(canvas, labels, orders)
+        uncond = rar(canvas, torch.full_like(labels, CONFIG.null_class), orders)
+    K = int(KEEP.sum())
+    for step in range(K, L):
+        scale = guidance_scale(config, step, L)
+        guided = uncond[:, step] + (cond[:, step] - uncond[:, step]) * scale
+        assert torch.equal(guided.argmax(-1), canvas.gather(1, orders[:, step : step + 1])[:, 0])

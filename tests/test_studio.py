@@ -208,8 +208,9 @@ def test_an_edit_request_keeps_the_pictures_cells_and_runs_only_the_rest(
     assert request.edited_cells == 64
     pipe = cache.get("bundled")
     tokens = pipe.encode(_picture())
-    keep = request.prompt[0] >= 0
-    assert torch.equal(request.prompt[:, keep], tokens[keep].expand(2, -1))
+    prompt = request.prompt(pipe, 2)
+    keep = prompt[0] >= 0
+    assert torch.equal(prompt[:, keep], tokens[keep].expand(2, -1))
     updates = list(studio.run(cache, request))
     first, last = updates[0], updates[-1]
     assert "edit of 64 cells" in first.status and last.status.startswith("**Done**: 64 steps")
@@ -225,12 +226,13 @@ def test_an_edit_request_keeps_the_pictures_cells_and_runs_only_the_rest(
         (None, "left", "image", "choose a picture"),
         ("image", "", "mask", "paint the cells"),
         ("image", "sideways", "mask", "unknown mask"),
+        ("image", "assets/bundled/edits.png", "mask", "unknown mask"),  # never a server file
         (b"not a picture", "left", "image", "not a readable image"),
         ("image", np.zeros((64, 64), dtype=np.uint8), "mask", "the mask is empty"),
         ("image", np.full((64, 64), 255, dtype=np.uint8), "mask", "covers the whole picture"),
         ("image", np.zeros((50, 50), dtype=np.uint8), "mask", "the mask is 50x50"),
     ],
-    ids=["no-image", "no-mask", "preset", "unreadable", "empty", "full", "size"],
+    ids=["no-image", "no-mask", "preset", "path", "unreadable", "empty", "full", "size"],
 )
 def test_bad_edit_inputs_name_their_field(cache, image, mask, field, message) -> None:
     image = _picture() if isinstance(image, str) else image
