@@ -261,6 +261,7 @@ def test_the_mcp_server_offers_an_image_tool(url: str) -> None:
     from mcp.client.streamable_http import streamablehttp_client
 
     tools = {t["name"]: t for t in httpx.get(f"{url}gradio_api/mcp/schema").json()}
+    assert {"image", "mask", "class_name"} <= set(tools["edit"]["inputSchema"]["properties"])
     tool = tools["generate_image"]
     assert "Returns: The generated image" in tool["description"]
     assert set(tool["inputSchema"]["properties"]) == {"model", "class_name", "order", "seed"}
