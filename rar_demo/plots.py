@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
@@ -23,21 +24,28 @@ def _figure(width: float, height: float) -> Figure:
     return fig
 
 
-def order_heatmaps(names: Sequence[str], orders: Tensor, grid: tuple[int, int]) -> Figure:
+def order_heatmaps(
+    names: Sequence[str], orders: Tensor, grid: tuple[int, int], given: int = 0
+) -> Figure:
     """One heatmap per order: the step at which each cell of the grid is generated.
 
-    orders (B, L): orders[b, i] is the raster position generated at step i.
+    orders (B, L): orders[b, i] is the raster position generated at step i. An edit's `given`
+    kept cells (its first steps) are drawn grey: they come from the picture, not the sampler.
     """
     last = orders.shape[1] - 1
     fig = _figure(2.4 * len(names) + 1.0, 2.8)
     axes = fig.subplots(1, len(names), squeeze=False)[0]
+    cmap = colormaps["viridis"].with_extremes(bad="lightgrey")
     for ax, name, order in zip(axes, names, orders, strict=True):
-        image = ax.imshow(step_index_map(order, *grid).numpy(), cmap="viridis", vmin=0, vmax=last)
+        steps = step_index_map(order, *grid).numpy()
+        shown = np.ma.masked_less(steps, given)  # the kept cells
+        image = ax.imshow(shown, cmap=cmap, vmin=given, vmax=last)
         ax.set_title(name)
         ax.set_xticks([])
         ax.set_yticks([])
     fig.colorbar(image, ax=axes.tolist(), label="step", shrink=0.85)
-    fig.suptitle("Generation order: the step at which each cell is generated")
+    kept = f" (grey: the {given} cells kept)" if given else ""
+    fig.suptitle(f"Generation order: the step at which each cell is generated{kept}")
     return fig
 
 

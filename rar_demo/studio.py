@@ -513,7 +513,8 @@ def run(
     names = request.orders
     render = Renderer(cache, pipe)
     about = _describe(request)
-    order_plot = plots.order_heatmaps(names, request.permutations, pipe.grid)
+    kept = pipe.num_steps - request.edited_cells if request.edited_cells else 0
+    order_plot = plots.order_heatmaps(names, request.permutations, pipe.grid, kept)
     # An edit shows the cells it keeps from the start.
     prompt = request.prompt(pipe, len(names))
     first = render.blank(len(names)) if prompt is None else render(prompt, None)
@@ -569,7 +570,6 @@ def run(
     event, seconds = sampling.latest, clock() - start
     if event is None or not event.done:
         taken = 0 if event is None else event.round + 1
-        kept = pipe.num_steps - request.edited_cells if request.edited_cells else 0
         rounds = len(step_sizes(request.sampling, pipe.num_steps, kept))
         yield Update(status=f"**Stopped at step {taken} / {rounds}** · {about}")
         return

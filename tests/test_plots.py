@@ -32,3 +32,12 @@ def test_step_curves_draw_every_order_and_keep_the_legend_off_the_curves() -> No
     box = legend.get_window_extent()
     for ax in (ax_p, ax_h):
         assert not box.overlaps(ax.get_window_extent()), "the legend covers the curves"
+
+
+def test_an_edits_kept_cells_are_masked_out_of_the_heatmap() -> None:
+    orders = torch.stack([make_order("raster", 4, 4)])
+    fig = order_heatmaps(["raster"], orders, (4, 4), given=6)
+    (heatmap,) = [ax for ax in fig.axes if ax.images]
+    shown = heatmap.images[0].get_array()
+    assert shown.mask.flatten().tolist() == [True] * 6 + [False] * 10
+    assert heatmap.images[0].get_clim() == (6, 15) and "6 cells kept" in fig._suptitle.get_text()
