@@ -13,6 +13,8 @@
 # (`python -m rar_demo.train export --generator runs/gen_v2 --out runs/gen_v2_export`), or,
 # without one, from the shipped v1 weights (each emoji class from its group's class).
 # What comes back is under $OUT: logs, the exported weights, metrics and the sample sheet.
+# A dry run on a CPU, in a scratch clone (it overwrites assets/bundled there):
+#   TRAIN_S=60 PY=python EVAL_ARGS="--device cpu --classes 0" bash scripts/train_bundled_v2_gpu.sh
 set -euo pipefail
 OUT=${OUT:-out}
 mkdir -p "$OUT"
@@ -44,4 +46,4 @@ for run in dec gen clf; do cp "runs/${run}_v2_gpu/log.jsonl" "$OUT/${run}_v2_gpu
 # Evaluated in place of the shipped weights (on the device's copy of the tree only).
 cp "$OUT"/bundled/*.safetensors assets/bundled/
 cp "$OUT/eval/classifier.safetensors" assets/eval/
-"$PY" -m rar_demo.evaluate --out "$OUT/eval" --device cuda
+"$PY" -m rar_demo.evaluate --out "$OUT/eval" ${EVAL_ARGS:---device cuda}
