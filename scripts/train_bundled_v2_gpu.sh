@@ -13,8 +13,11 @@
 # (`python -m rar_demo.train export --generator runs/gen_v2 --out runs/gen_v2_export`), or,
 # without one, from the shipped v1 weights (each emoji class from its group's class).
 # What comes back is under $OUT: logs, the exported weights, metrics and the sample sheet.
-# A dry run on a CPU, in a scratch clone (it overwrites assets/bundled there):
-#   TRAIN_S=60 PY=python EVAL_ARGS="--device cpu --classes 0" bash scripts/train_bundled_v2_gpu.sh
+# A dry run on a CPU, in a scratch clone (it overwrites assets/bundled there), e.g.
+#   TRAIN_S=1200 PY=python EXTRA="--save-every 2 --log-every 1 --batch-size 8 --threads 1" \
+#   EVAL_ARGS="--device cpu --classes 0" bash scripts/train_bundled_v2_gpu.sh
+# is slow: each job first tokenizes the whole dataset (on 2 cores, 300 s was not enough for
+# any job's first checkpoint; the script then stops with that message).
 set -euo pipefail
 OUT=${OUT:-out}
 mkdir -p "$OUT"
@@ -24,7 +27,8 @@ TOKENIZER=assets/bundled/v2/tokenizer.safetensors
 INIT=runs/gen_v2_export/generator.safetensors
 [ -f "$INIT" ] || INIT=assets/bundled/generator.safetensors
 TRAIN_S=${TRAIN_S:-430}
-train() { timeout "$TRAIN_S" "$PY" -m rar_demo.train "$@" || [ $? -eq 124 ]; }
+# EXTRA: more arguments for every training job (the last of a repeated option wins).
+train() { timeout "$TRAIN_S" "$PY" -m rar_demo.train "$@" ${EXTRA:-} || [ $? -eq 124 ]; }
 
 train decoder --tokenizer "$TOKENIZER" --out runs/dec_v2_gpu \
     --steps 14400 --batch-size 64 --lr 5e-4 --warmup 100 --log-every 400 --save-every 800 \
@@ -39,7 +43,10 @@ train classifier --tokenizer "$TOKENIZER" --out runs/clf_v2_gpu \
     --threads 4 > "$OUT/classifier.log" 2>&1 &
 jobs+=($!)
 for job in "${jobs[@]}"; do wait "$job"; done  # each one's status: set -e stops on a failure
-for run in dec gen clf; do cp "runs/${run}_v2_gpu/log.jsonl" "$OUT/${run}_v2_gpu.jsonl"; done
+for run in dec gen clf; do
+  [ -f "runs/${run}_v2_gpu/ckpt.pt" ] || { echo "runs/${run}_v2_gpu saved no checkpoint in ${TRAIN_S} s" >&2; exit 1; }
+  cp "runs/${run}_v2_gpu/log.jsonl" "$OUT/${run}_v2_gpu.jsonl"
+done
 "$PY" -m rar_demo.train export --tokenizer runs/dec_v2_gpu --generator runs/gen_v2_gpu \
     --classifier runs/clf_v2_gpu --out "$OUT/bundled" \
     --classifier-out "$OUT/eval/classifier.safetensors"
