@@ -126,6 +126,7 @@ def _image_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--class",
         dest="class_",
+        metavar="CLASS",
         required=True,
         help="class name or id (207 or 'golden retriever'; see `classes`), or a class's emoji",
     )
