@@ -27,7 +27,7 @@ from PIL import Image
 from rar_demo import studio
 from rar_demo.config import SCHEDULES
 from rar_demo.hub import WeightsUnavailable
-from rar_demo.masks import MASK_PRESETS, open_image
+from rar_demo.masks import MASK_PRESETS
 from rar_demo.orders import ORDER_NAMES
 from rar_demo.pipeline import Pipeline
 from rar_demo.registry import MODEL_NAMES
@@ -147,6 +147,14 @@ def _user_error(err: Exception) -> gr.Error:
     return gr.Error(str(err), print_exception=False)
 
 
+def _parsed(*values: Any, **edit: Any) -> studio.Request:
+    """studio.parse of an event's inputs, its errors as one message for the user."""
+    try:
+        return studio.parse(CACHE, *values, **edit)
+    except (ValueError, WeightsUnavailable) as err:
+        raise _user_error(err) from None
+
+
 def check_inputs(*values: Any) -> list[dict]:
     """Gradio's validator for Generate, which gets generate's inputs: a message by the
     offending field, before anything runs or any result is cleared. Checks what needs no
@@ -201,13 +209,10 @@ def generate(
     """
     # No gr.Progress here: with one, a cancelled run marks every output "Error" in the page.
     # Downloads show their progress when the model is picked (select_model) instead.
-    try:
-        parsed = studio.parse(
-            CACHE, model, class_name, orders, seed, cfg_scale, cfg_power, temperature, top_k,
-            speed, runtime, steps, schedule,
-        )  # fmt: skip
-    except (ValueError, WeightsUnavailable) as err:
-        raise _user_error(err) from None
+    parsed = _parsed(
+        model, class_name, orders, seed, cfg_scale, cfg_power, temperature, top_k, speed,
+        runtime, steps, schedule,
+    )  # fmt: skip
     yield from _stream(parsed, request)
 
 
@@ -234,12 +239,12 @@ def _stream(parsed: studio.Request, request: gr.Request | None) -> Iterator[tupl
 
 def edit(
     model: str,
-    image: str | np.ndarray | None,
+    image: Image.Image | None,
     mask: str,
     class_name: str,
     orders: list[str],
     seed: float,
-    mask_image: str | np.ndarray | None = None,
+    mask_image: Image.Image | None = None,
     cfg_scale: float | None = None,
     cfg_power: float | None = None,
     temperature: float | None = None,
@@ -276,17 +281,10 @@ def edit(
     Returns:
         As generate: status, live panels, final images, animation and plots.
     """
-    try:
-        # Text names a preset; a mask picture comes as an upload (a file Gradio received).
-        chosen = mask if mask and mask.strip() else mask_image
-        if chosen is mask_image and mask_image is not None:
-            chosen = open_image(mask_image)
-        parsed = studio.parse(
-            CACHE, model, class_name, orders, seed, cfg_scale, cfg_power, temperature, top_k,
-            speed, runtime, steps, schedule, image=image, mask=chosen,
-        )  # fmt: skip
-    except (ValueError, WeightsUnavailable) as err:
-        raise _user_error(err) from None
+    parsed = _parsed(
+        model, class_name, orders, seed, cfg_scale, cfg_power, temperature, top_k, speed,
+        runtime, steps, schedule, image=image, mask=mask if (mask or "").strip() else mask_image,
+    )  # fmt: skip
     yield from _stream(parsed, request)
 
 
@@ -325,14 +323,14 @@ def edit_from_editor(
     schedule: str,
     request: gr.Request,
 ) -> Iterator[tuple]:
-    """The Edit tab's button: `edit` with the editor's picture and mask."""
+    """The Edit tab's button: `edit` with the editor's picture and its preset or strokes.
+    (Parameters spelled out, not *values: Gradio injects gr.Request by signature.)"""
     picture, mask = editor_source(editor, preset)
-    by_name = isinstance(mask, str) or mask is None
-    preset_name, painted = (mask or "", None) if by_name else ("", mask)
-    yield from edit(
-        model, picture, preset_name, class_name, orders, seed, painted, cfg_scale, cfg_power,
-        temperature, top_k, speed, runtime, steps, schedule, request,
+    parsed = _parsed(
+        model, class_name, orders, seed, cfg_scale, cfg_power, temperature, top_k, speed,
+        runtime, steps, schedule, image=picture, mask=mask,
     )  # fmt: skip
+    yield from _stream(parsed, request)
 
 
 def edit_preview(model: str, runtime: str, editor: dict | None, preset: str, seed: float) -> Any:
@@ -367,11 +365,7 @@ def generate_image(model: str, class_name: str, order: str, seed: float) -> np.n
     Returns:
         The generated image (256 px; the model's own defaults for sampling).
     """
-    try:
-        parsed = studio.parse(CACHE, model, class_name, [order], seed)
-    except (ValueError, WeightsUnavailable) as err:
-        raise _user_error(err) from None
-    return _still(parsed)
+    return _still(_parsed(model, class_name, [order], seed))
 
 
 # Generate's inputs by name, in order (the API's parameter names; InputError.field is one).
@@ -615,10 +609,11 @@ def create_demo(model: str | None = None) -> gr.Blocks:
         edit_inputs += [speed_box, runtime_box, steps_box, schedule_box]
         edit_go.click(edit_from_editor, [model_box, *edit_inputs], outputs, **private)
         # The API's edit: a picture file and a preset name, or a mask picture.
-        # image_mode None: uploads keep their transparency (onto white, as the editor's do).
-        api_image = gr.Image(type="filepath", image_mode=None, visible=False)
+        # Pictures arrive decoded (never as server paths); image_mode None keeps their
+        # transparency, which goes onto white as the editor's does.
+        api_image = gr.Image(type="pil", image_mode=None, visible=False)
         api_mask = gr.Textbox(visible=False)
-        api_mask_image = gr.Image(type="filepath", image_mode=None, visible=False)
+        api_mask_image = gr.Image(type="pil", image_mode=None, visible=False)
         api_inputs = [model_box, api_image, api_mask, class_box, order_box, seed_box]
         api_inputs += [api_mask_image, *sampler_boxes, speed_box, runtime_box, steps_box]
         api_inputs += [schedule_box]

@@ -125,20 +125,20 @@ def recognition_by_steps(
     }
 
 
-def tokenizer_metrics(pipe: Pipeline, data: EmojiDataset) -> dict:
+def tokenizer_metrics(pipe: Pipeline, data: EmojiDataset, codes: Tensor) -> dict:
+    """Held-out PSNR (all sets, and per set) and codebook use, from `codes`, the (N, L)
+    tokens of every image of `data`."""
     heldout = data.heldout_split()
-    images = to_tensor(heldout.images)
     with torch.inference_mode():
         recon = torch.cat(
-            [pipe.decode(pipe.tokenizer.encode(b.to(pipe.device))) for b in images.split(256)]
+            [pipe.decode(c) for c in codes[torch.from_numpy(data.heldout)].split(256)]
         )
-    scores = psnr(recon, images)
+    scores = psnr(recon, to_tensor(heldout.images))
     per_set = {
         name: round(scores[torch.from_numpy(heldout.styles == s)].mean().item(), 2)
         for s, name in enumerate(data.style_names)
         if (heldout.styles == s).any()
     }
-    codes = tokenize(pipe.tokenizer, data.images)
     return {
         "tokenizer_heldout_psnr_db": round(scores.mean().item(), 2),
         "tokenizer_heldout_psnr_db_per_set": per_set,
@@ -229,10 +229,11 @@ def evaluate(
         raise SystemExit(f"the classifier at {classifier_path} was trained on other classes")
     heldout = data.heldout_split()
     labels = torch.from_numpy(heldout.labels)
-    tokens = tokenize(pipe.tokenizer, heldout.images)
+    codes = tokenize(pipe.tokenizer, data.images)  # every image once; held out ones included
+    tokens = codes[torch.from_numpy(data.heldout)]
     picked = spread_classes(data.class_groups, classes)
     metrics = {
-        **tokenizer_metrics(pipe, data),
+        **tokenizer_metrics(pipe, data, codes),
         **{f"generator_{k}": v for k, v in heldout_nll(pipe.generator, tokens, labels).items()},
         "classifier_heldout_real": recognition(classifier, to_tensor(heldout.images), labels),
         "recognition_classes": len(picked),

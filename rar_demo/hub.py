@@ -22,7 +22,7 @@ from torch import nn
 
 from .config import RARConfig, VQGANConfig
 from .model import RAR
-from .registry import HubFile, imagenet_classes, spec
+from .registry import HubFile, ModelSpec, imagenet_classes, spec
 from .vqgan import VQGAN
 
 
@@ -64,6 +64,11 @@ def fetch(file: HubFile) -> Path:
         ) from err
 
 
+def _metadata(f: object) -> dict[str, object]:
+    """An open safetensors file's metadata, each value JSON-decoded."""
+    return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+
+
 def read_weights(path: Path | str) -> tuple[dict[str, object], dict[str, torch.Tensor]]:
     """(metadata, state dict) of a safetensors file (its metadata JSON-decoded) or of a torch
     checkpoint (no metadata), loaded without running any pickled code."""
@@ -72,8 +77,7 @@ def read_weights(path: Path | str) -> tuple[dict[str, object], dict[str, torch.T
         raise WeightsUnavailable(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
         with safe_open(path, "pt") as f:
-            meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-            return meta, {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+            return _metadata(f), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     return {}, torch.load(path, map_location="cpu", weights_only=True, mmap=True)
 
 
@@ -132,32 +136,34 @@ def load_generator(
     entry = spec(name)
     meta, state = _read(entry.generator_weights, weights)
     config = RARConfig.from_dict(meta["config"]) if "config" in meta else entry.generator
+    names, _, _ = _classes(entry, meta, weights or entry.generator_weights)
+    return materialize(RAR, config, state, device, dtype), names
+
+
+ClassTable = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]  # names, glyphs, groups
+
+
+def _classes(entry: ModelSpec, meta: dict, source: object) -> ClassTable:
+    """A generator's classes from its file's metadata (bundled weights name theirs, with the
+    emoji and their Unicode groups), else the registry's list (no glyphs or groups)."""
     if "class_names" in meta:
-        classes = tuple(meta["class_names"])
-    elif entry.classes is not None:
-        classes = imagenet_classes(entry.classes)
-    else:
-        raise WeightsUnavailable(f"{weights or entry.generator_weights} names no classes")
-    return materialize(RAR, config, state, device, dtype), classes
-
-
-def class_table(
-    name: str, weights: Path | str | None = None
-) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
-    """(names, glyphs, groups) of model `name`'s classes, without loading its weights: from
-    a bundled weights file's metadata (the emoji and their Unicode groups), else the
-    registry's class list (no glyphs or groups)."""
-    entry = spec(name)
-    source = Path(weights) if weights is not None else entry.generator_weights
-    if isinstance(source, Path) and source.suffix == ".safetensors" and source.is_file():
-        with safe_open(source, "pt") as f:
-            meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-        if "class_names" in meta:
-            glyphs, groups = meta.get("class_glyphs", []), meta.get("class_groups", [])
-            return tuple(meta["class_names"]), tuple(glyphs), tuple(groups)
+        glyphs, groups = meta.get("class_glyphs", []), meta.get("class_groups", [])
+        return tuple(meta["class_names"]), tuple(glyphs), tuple(groups)
     if entry.classes is not None:
         return imagenet_classes(entry.classes), (), ()
     raise WeightsUnavailable(f"{source} names no classes")
+
+
+def class_table(name: str, weights: Path | str | None = None) -> ClassTable:
+    """(names, glyphs, groups) of model `name`'s classes, reading no weights: only a local
+    safetensors file's header, and never the Hub."""
+    entry = spec(name)
+    source = Path(weights) if weights is not None else entry.generator_weights
+    meta = {}
+    if isinstance(source, Path) and source.suffix == ".safetensors" and source.is_file():
+        with safe_open(source, "pt") as f:
+            meta = _metadata(f)
+    return _classes(entry, meta, source)
 
 
 def load_tokenizer(

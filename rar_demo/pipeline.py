@@ -19,7 +19,7 @@ from .model import RAR
 from .orders import kept_first, make_order
 from .registry import ModelSpec, spec
 from .sampler import StepEvent, stream
-from .vqgan import VQGAN, to_tensor
+from .vqgan import VQGAN, tokenize
 
 
 def class_label(name: str, glyph: str | None = None) -> str:
@@ -149,14 +149,12 @@ class Pipeline:
         labels = torch.full((len(orders),), class_id, dtype=torch.long)
         return stream(self.executor, labels, orders, sampling or self.sampling, seed, prompt)
 
-    @torch.inference_mode()
     def encode(self, pixels: np.ndarray) -> Tensor:
         """(S, S, 3) uint8 at the model's resolution -> its (L,) tokens by raster position."""
         side = self.tokenizer.config.resolution
         if pixels.shape != (side, side, 3):
             raise ValueError(f"expected a {side}x{side} RGB picture, got shape {pixels.shape}")
-        images = to_tensor(pixels[None]).to(self.tokenizer.quantize.embedding.weight.device)
-        return self.tokenizer.encode(images)[0].cpu()
+        return tokenize(self.tokenizer, pixels[None])[0]
 
     def edit_orders(self, regenerate: Tensor, names: Sequence[str], seed: int) -> Tensor:
         """(B, L) orders for an edit: the cells where `regenerate` (h, w) is False first, then

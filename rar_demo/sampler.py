@@ -124,7 +124,9 @@ def _validate(
     orders: Tensor,
     config: SamplingConfig,
     prompt: Tensor | None,
-) -> int:
+) -> tuple[int, Tensor | None]:
+    """Checks everything before any work: (the prompt's given cells, the prompt, or None
+    where it gives none: that is ordinary generation)."""
     net = executor.config
     # A repeated or out-of-range position would silently leave cells unfilled (-1) or index
     # past the canvas; every row must visit each raster position exactly once.
@@ -136,7 +138,7 @@ def _validate(
         raise ValueError(f"class ids must be in [0, {net.condition_num_classes})")
     given = 0 if prompt is None else check_prompt(prompt.cpu(), orders, net.codebook_size)
     check_steps(executor, config, given)
-    return given
+    return given, prompt if given else None
 
 
 def stream(
@@ -155,8 +157,8 @@ def stream(
     ValueError here, before any work. Stop at any time by abandoning or closing the iterator:
     the KV cache is local to the generation and goes with it.
     """
-    given = _validate(executor, labels, orders, config, prompt)
-    return _events(executor, labels, orders, config, seed, prompt if given else None, given)
+    given, prompt = _validate(executor, labels, orders, config, prompt)
+    return _events(executor, labels, orders, config, seed, prompt, given)
 
 
 def generate(
@@ -172,8 +174,7 @@ def generate(
     The same tokens as `stream`, but nothing leaves the device until the end, so on a GPU the
     host queues steps ahead of the kernels instead of waiting for each one.
     """
-    given = _validate(executor, labels, orders, config, prompt)
-    prompt = prompt if given else None
+    _, prompt = _validate(executor, labels, orders, config, prompt)
     orders = orders.to(executor.device)
     B, L = orders.shape
     canvas = torch.empty((B, L), dtype=torch.long, device=executor.device)

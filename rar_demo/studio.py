@@ -174,6 +174,11 @@ class Request:
         """How many cells an edit regenerates (0: not an edit)."""
         return 0 if self.regenerate is None else int(self.regenerate.sum())
 
+    @property
+    def kept_cells(self) -> int:
+        """How many cells an edit keeps from its picture (0: not an edit)."""
+        return 0 if self.regenerate is None else int((~self.regenerate).sum())
+
     def prompt(self, pipe: Pipeline, batch: int) -> Tensor | None:
         """An edit's (batch, L) kept tokens for the sampler, -1 where to generate; else None."""
         if self.pixels is None or self.regenerate is None:
@@ -311,14 +316,15 @@ def _edit_source(
     preset's name: requests never name files on the server."""
     if image is None:
         raise InputError("image", "choose a picture to edit")
-    if mask is None or (isinstance(mask, str) and not mask.strip()):
+    if isinstance(mask, str):
+        mask = mask.strip() or None
+    if mask is None:
         raise InputError("mask", "paint the cells to regenerate, or pick a mask preset")
-    if isinstance(mask, str) and mask.strip() not in masks.MASK_PRESETS:
+    if isinstance(mask, str) and mask not in masks.MASK_PRESETS:
         presets = ", ".join(masks.MASK_PRESETS)
         raise InputError("mask", f"unknown mask {mask!r}; choose one of {presets}")
     resolution = pipe.tokenizer.config.resolution
     picture = _field("image", lambda: masks.open_image(image))
-    mask = mask.strip() if isinstance(mask, str) else mask
     return _field("mask", lambda: masks.edit_source(picture, mask, resolution, pipe.grid, seed))
 
 
@@ -513,8 +519,7 @@ def run(
     names = request.orders
     render = Renderer(cache, pipe)
     about = _describe(request)
-    kept = pipe.num_steps - request.edited_cells if request.edited_cells else 0
-    order_plot = plots.order_heatmaps(names, request.permutations, pipe.grid, kept)
+    order_plot = plots.order_heatmaps(names, request.permutations, pipe.grid, request.kept_cells)
     # An edit shows the cells it keeps from the start.
     prompt = request.prompt(pipe, len(names))
     first = render.blank(len(names)) if prompt is None else render(prompt, None)
@@ -570,7 +575,7 @@ def run(
     event, seconds = sampling.latest, clock() - start
     if event is None or not event.done:
         taken = 0 if event is None else event.round + 1
-        rounds = len(step_sizes(request.sampling, pipe.num_steps, kept))
+        rounds = len(step_sizes(request.sampling, pipe.num_steps, request.kept_cells))
         yield Update(status=f"**Stopped at step {taken} / {rounds}** · {about}")
         return
     stats = plots.step_curves(names, torch.stack(sampling.probs), torch.stack(sampling.entropy))
