@@ -199,7 +199,7 @@ def generate(
         speed: at most this many steps per second.
         runtime: "torch", "onnx" or "onnx int8" (official models only).
         steps: sampler steps for the 256 tokens: 256 is one token per step; fewer decode
-            several tokens per step (parallel decoding, torch runtime).
+            several tokens per step (parallel decoding, on every runtime).
         schedule: how many tokens each step takes when steps < 256: "cosine" (few first,
             more later) or "constant".
 

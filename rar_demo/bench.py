@@ -64,9 +64,11 @@ CPU_CASES = [
     Case("rar_b", "torch", "int8", "fast", 1),
     Case("rar_b", "onnx", "fp32", "fast", 1),
     Case("rar_b", "onnx", "int8", "fast", 1),
-    # Parallel decoding: the same image in fewer sampler steps (the torch runtime).
+    # Parallel decoding: the same image in fewer sampler steps, on every runtime.
     *(Case("rar_b", "torch", "fp32", "fast", 1, steps=n) for n in (128, 64, 32)),
+    *(Case("rar_b", "onnx", "int8", "fast", 1, steps=n) for n in (128, 64, 32)),
     *(Case("bundled", "torch", "fp32", "fast", 4, reps=3, steps=n) for n in (128, 64, 32)),
+    *(Case("bundled", "onnx", "fp32", "fast", 4, reps=3, steps=n) for n in (128, 64, 32)),
     # Edits: the kept cells prefilled in one round, only the masked ones sampled.
     *(Case("bundled", "torch", "fp32", "fast", 4, reps=3, edit=m) for m in ("center", "left")),
     Case("bundled", "torch", "fp32", "eager", 4, reps=3),
@@ -85,6 +87,7 @@ CUDA_CASES = [
             Case(name, "torch", "bf16", "eager", 1),
             Case(name, "torch", "bf16", "fast", 1, reps=3),
             Case(name, "torch", "bf16", "graph", 1, reps=5),
+            *(Case(name, "torch", "bf16", "graph", 1, reps=5, steps=n) for n in (128, 64, 32)),
             Case(name, "torch", "bf16", "graph", 1, reps=5, order="raster"),
             Case(name, "torch", "bf16", "graph", 1, reps=5, streaming=True),
             Case(name, "torch", "bf16", "graph", 4, reps=5),  # side-by-side panels
@@ -170,6 +173,7 @@ class Setup:
     sampling: SamplingConfig
     run: Callable[..., Tensor]  # generate, or _streamed
     prompt: Tensor | None = None  # an edit's kept tokens
+    warmup_s: float = 0.0  # first calls: allocations, kernel selection, graph capture
 
     def __call__(self, seed: int) -> Tensor:
         return self.run(self.executor, self.labels, self.orders, self.sampling, seed, self.prompt)
@@ -177,7 +181,8 @@ class Setup:
 
 def prepare(case: Case, device: str) -> Setup:
     """Builds the case and warms it up (first-call allocations, kernel selection, graph
-    capture, compiling) on a few steps and one decode."""
+    capture, compiling) on a few steps, or with several tokens per step on the whole schedule
+    (a CUDA graph per round shape), and one decode."""
     if case.threads:
         torch.set_num_threads(case.threads)
     executor, decode = executor_for(case, device)
@@ -194,12 +199,15 @@ def prepare(case: Case, device: str) -> Setup:
         orders = kept_first(orders, keep)
         tokens = torch.randint(0, executor.config.codebook_size, keep.shape)
         prompt = torch.where(keep, tokens, -1).expand(case.orders, -1).clone()
+    start = time.perf_counter()
     for event in stream(executor, labels, orders, sampling, 0, prompt):
-        if event.step >= event.given + 3:
+        if event.step >= event.given + 3 and sampling.steps is None:
             break
     decode(event.canvas.clamp_min(0).to(device))
+    _sync(device)
+    warmup_s = time.perf_counter() - start
     run = _streamed if case.streaming else generate
-    return Setup(executor, decode, labels, orders, sampling, run, prompt)
+    return Setup(executor, decode, labels, orders, sampling, run, prompt, warmup_s)
 
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "amx_tile")
@@ -266,6 +274,7 @@ def measure(case: Case, device: str) -> dict:
         "decode_seconds": round(dec_s, 3),
         "generate_seconds": round(gen_s, 3),
         "peak_mem_mb": round(peak_mem_mb(device)),
+        "warmup_s": round(setup.warmup_s, 3),
         "threads": torch.get_num_threads(),
         **(_floor(case, _sampled(setup)) if device == "cpu" else {}),
     }

@@ -23,7 +23,7 @@ to ONNX with the cache as plain inputs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -87,6 +87,9 @@ class SlotInputs:
     ids: Tensor  # rows of `embeddings` (image tokens, class ids), or CLS_ID
     pos_rows: Tensor  # rows of `pos_embed`
     target_rows: Tensor  # rows of `target_aware_pos_embed`, or NO_TARGET
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return iter((self.ids, self.pos_rows, self.target_rows))
 
 
 def condition_ids(config: RARConfig, labels: Tensor) -> Tensor:
@@ -158,6 +161,15 @@ def cache_bias(cache_len: int, input_pos: Tensor, dtype: torch.dtype, queries: i
     return bias.masked_fill(masked, float("-inf"))
 
 
+def round_slots(
+    first_slot: int | Tensor, real: int, queries: int, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """A round's cache slots: the `real` inputs' (R,) from `first_slot` on, and every input's
+    adaLN slot (R + Q,), where each query takes the last real input's."""
+    slots = first_slot + torch.arange(real, device=device)
+    return slots, torch.cat([slots, slots[-1:].expand(queries)])
+
+
 def attend_with_cache(
     q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, bias: Tensor, scale: float
 ) -> Tensor:
@@ -197,9 +209,8 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             out = attend_with_cache(q, k, v, *cache, bias, self.head_dim**-0.5)
-        # -1 and Python ints: the ONNX export (dynamic batch) then reads no shapes at run time,
-        # which would be a dozen tiny nodes per layer and step.
-        out = out.transpose(1, 2).reshape(-1, int(N), self.num_heads * self.head_dim)
+        # reshape_as: one Shape node in the ONNX export, where batch and N are both dynamic.
+        out = out.transpose(1, 2).reshape_as(x)  # (B, N, D)
         return self.proj(out), k, v
 
 
@@ -362,26 +373,25 @@ class RAR(nn.Module):
         mods: list[Tensor],
         k_cache: Sequence[Tensor],
         v_cache: Sequence[Tensor],
-        input_pos: Tensor,
-        queries: int = 0,
+        bias: Tensor,
+        heads: int | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """The transformer on new inputs x (B, N, D), the real ones at slots input_pos (N - Q,)
-        and the last `queries` Q standing in for the last real one (see cache_bias), with
-        adaLN outputs `mods`, against per-layer caches (B, H, T, hd) holding the slots before
-        input_pos[0] (views of a KVCache, or one ONNX input per layer: slicing one input would
-        copy it). T may stop at input_pos[0], or run on over slots that are masked out.
+        """The transformer on N new inputs x (B, N, D) with adaLN outputs `mods`, against
+        per-layer caches (B, H, T, hd) (views of a KVCache, or one ONNX input per layer:
+        slicing one input would copy it); `bias` (N, T + N) from `cache_bias` says which
+        cached slots and which new inputs each new input sees.
 
-        Returns the (B, 1 + Q, V) logits of the last real input and of the queries, and the new
-        (layers, B, H, N, hd) keys and values, for the caller to store (the real ones only).
+        Returns the (B, heads, V) logits of the last `heads` inputs (all N where None), and the
+        new (layers, B, H, N, hd) keys and values, for the caller to store (the real ones only).
         """
-        bias = cache_bias(k_cache[0].shape[2], input_pos, x.dtype, queries)  # (N, T + N)
         ks, vs = [], []
         for i, block in enumerate(self.blocks):
             x, k, v = block(x, mods[i], (k_cache[i], v_cache[i]), bias)
             ks.append(k)
             vs.append(v)
-        out = -1 - queries
-        logits = self.lm_head(self.adaln_before_head(x[:, out:], mods[-1][:, out:]))
+        if heads is not None:
+            x, mods = x[:, -heads:], [*mods[:-1], mods[-1][:, -heads:]]
+        logits = self.lm_head(self.adaln_before_head(x, mods[-1]))
         return logits, torch.stack(ks), torch.stack(vs)
 
     def _decode(
@@ -395,18 +405,18 @@ class RAR(nn.Module):
         """Feeds x (B, R + Q, D): R real inputs from `first_slot` on, written to the cache, then
         Q queries at the last real one's slot, never written. Returns (B, 1 + Q, V)."""
         R = x.shape[1] - queries
-        slots = first_slot + torch.arange(R, device=x.device)
-        mod_slots = torch.cat([slots, slots[-1:].expand(queries)])  # queries: the last's slot
+        slots, mod_slots = round_slots(first_slot, R, queries, x.device)
         if cache.modulation is None:
             c = self.condition(labels)[:, None] + self.timesteps_embeddings[0, mod_slots]
             mods = self.modulation(c)  # each (B, N, 6D), the head's (B, N, 2D)
         else:
             mods = self.split_modulation(cache.modulation.at(mod_slots))
         if isinstance(first_slot, Tensor):  # static shapes: the whole cache, later slots masked
-            logits, k, v = self.step(x, mods, cache.k, cache.v, slots, queries)
+            k_cache, v_cache = cache.k, cache.v
         else:  # only the slots written so far: attention reads half the cache on average
-            written = cache.k[:, :, :, :first_slot], cache.v[:, :, :, :first_slot]
-            logits, k, v = self.step(x, mods, *written, slots, queries)
+            k_cache, v_cache = cache.k[:, :, :, :first_slot], cache.v[:, :, :, :first_slot]
+        bias = cache_bias(k_cache.shape[3], slots, x.dtype, queries)  # (N, T + N)
+        logits, k, v = self.step(x, mods, k_cache, v_cache, bias, heads=1 + queries)
         cache.k.index_copy_(3, slots, k[:, :, :, :R])
         cache.v.index_copy_(3, slots, v[:, :, :, :R])
         return logits

@@ -79,17 +79,6 @@ def _pick(probs: Tensor, uniforms: Tensor | None) -> Tensor:
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_max(probs.shape[-1] - 1)
 
 
-def check_steps(executor: Executor, config: SamplingConfig, given: int = 0) -> None:
-    """Raises ValueError unless `executor` can run `config`'s steps (for L - given cells)."""
-    L = executor.config.image_seq_len
-    counts = step_sizes(config, L, given)
-    if len(counts) < L - given and getattr(executor, "decode_round", None) is None:
-        raise ValueError(
-            f"several tokens per step run on the torch runtime; {type(executor).__name__} "
-            "feeds one token per step"
-        )
-
-
 def step_sizes(config: SamplingConfig, L: int, given: int = 0) -> list[int]:
     """Tokens per step for the L - given cells to generate; an edit with fewer cells than
     `config.steps` takes one per step."""
@@ -137,7 +126,7 @@ def _validate(
     if labels.min() < 0 or labels.max() >= net.condition_num_classes:
         raise ValueError(f"class ids must be in [0, {net.condition_num_classes})")
     given = 0 if prompt is None else check_prompt(prompt.cpu(), orders, net.codebook_size)
-    check_steps(executor, config, given)
+    step_sizes(config, net.image_seq_len, given)
     return given, prompt if given else None
 
 
@@ -281,9 +270,8 @@ def _sample(
 ) -> Iterator[tuple[int, Tensor, Tensor]]:
     """Yields (first step, tokens (B, k), probs (B, k, V)) per step of `config.steps`, on the
     model's device, never waiting on it. One token per step feeds each token as it comes
-    (every executor); several per step run rounds of real inputs and queries
-    (`RAR.decode_round`), and so does an edit's prefill of the prompt's K given tokens where
-    the executor can (else they are fed one step each)."""
+    (`decode_step`: a CUDA graph replays it); several per step run rounds of real inputs and
+    queries (`decode_round`), and so does an edit's prefill of the prompt's K given tokens."""
     net, device = executor.config, executor.device
     B, L = orders.shape
     labels, orders = labels.to(device), orders.to(device)
@@ -297,15 +285,10 @@ def _sample(
     uniforms = None if config.greedy else draw_uniforms(seed, B, L).to(device)
     cache = executor.new_cache(labels.shape[0])
     counts = step_sizes(config, L, K)
-    batched = getattr(executor, "decode_round", None) is not None
 
-    if len(counts) == L - K and not (K and batched):
+    if len(counts) == L and not K:
         logits = executor.prefill(cache, labels, orders[:, 0])
-        for i in range(K):  # the prompt, teacher-forced
-            logits = executor.decode_step(
-                cache, i + 1, given[:, i], orders[:, i], orders[:, i + 1], labels
-            )
-        for step in range(K, L):
+        for step in range(L):
             tokens, probs = _choose(logits[:, None], config, B, step, L, uniforms)
             yield step, tokens, probs
             if step + 1 < L:

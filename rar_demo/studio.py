@@ -41,7 +41,7 @@ from .render import (
     sheet,
     to_uint8,
 )
-from .sampler import StepEvent, check_steps, generate, step_sizes
+from .sampler import StepEvent, generate, step_sizes
 from .vqgan import to_tensor
 
 T = TypeVar("T")
@@ -288,12 +288,9 @@ def parse(
     pixels = regenerate = None
     if image is None and mask is None:
         permutations = pipe.orders(orders, int(seed))
-        kept = 0
     else:
         pixels, regenerate = _edit_source(pipe, image, mask, int(seed))
         permutations = _field("mask", lambda: pipe.edit_orders(regenerate, orders, int(seed)))
-        kept = int((~regenerate).sum())
-    _field("steps", lambda: check_steps(pipe.executor, sampling, kept))
     return Request(
         model,
         class_id,

@@ -66,3 +66,15 @@ def test_bench_measures_an_edit_on_the_cells_it_samples() -> None:
     assert row["floor_s"] == pytest.approx(
         floor_seconds(model, "fp32", 64, row["read_gbs"]), rel=0.01
     )
+
+
+@pytest.mark.parametrize(("backend", "path"), [("onnx", "fast"), ("torch", "graph")])
+def test_bench_measures_parallel_decoding_on_every_runtime(
+    backend, path, tmp_path, monkeypatch
+) -> None:
+    """Fewer steps than tokens on ONNX Runtime and the CUDA-graph path; the warm-up runs the
+    whole schedule (a graph per round shape) and is reported."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    row = measure(Case("bundled", backend, "fp32", path, orders=2, steps=32), "cpu")
+    assert row["steps"] == 32 and row["backend"] == backend and row["path"] == path
+    assert row["warmup_s"] > 0 and row["generate_seconds"] > 0

@@ -5,6 +5,7 @@ and parity tests, which run on every executor."""
 from __future__ import annotations
 
 import gc
+import itertools
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from rar_demo.config import SamplingConfig
 from rar_demo.model import RAR
 from rar_demo.pipeline import load_pipeline
 from rar_demo.registry import spec
-from rar_demo.sampler import generate, stream
+from rar_demo.sampler import generate, stream, tokens_per_step
 
 L = TINY_RAR.image_seq_len
 SAMPLE = SamplingConfig(guidance_scale=3.0)  # guided: every decode step runs 2 rows per image
@@ -90,6 +91,25 @@ def test_each_batch_shape_has_its_own_decoder() -> None:
     assert _pooled(executor) == {(1, 1): 1, (2, 2): 1, (6, 3): 1}
 
 
+def test_each_round_shape_has_its_own_buffers_kept_for_the_next_generation() -> None:
+    """Parallel decoding: one RoundBuffers (one graph on a GPU) per (inputs, queries) shape
+    of the schedule after the first round, reused by the next generation."""
+    executor = GraphExecutor(_model())
+    config = GREEDY.with_(steps=5, schedule="cosine")
+    counts = tokens_per_step("cosine", 5, L)
+    # Round i feeds round i - 1's tokens (R) and asks Q = k - 1 queries: N = R + Q inputs.
+    shapes = {(prev + k - 1, k - 1) for prev, k in itertools.pairwise(counts)}
+    first = generate(executor, torch.tensor([2]), _orders(1), config)
+    gc.collect()
+    (buffers,) = executor._pool[(2, 2)]
+    assert set(buffers.rounds) == shapes
+    rounds = dict(buffers.rounds)
+    assert torch.equal(generate(executor, torch.tensor([2]), _orders(1), config), first)
+    gc.collect()
+    (again,) = executor._pool[(2, 2)]
+    assert again is buffers and all(again.rounds[k] is rounds[k] for k in shapes)
+
+
 def test_bf16_static_step_follows_fp32() -> None:
     labels, orders = torch.tensor([1, 3]), _orders(2)
     steps = {}
@@ -120,6 +140,20 @@ def test_cuda_graph_replay_equals_eager_steps() -> None:
         assert torch.equal(generate(executor, labels, orders, SAMPLE, seed=2), expected)
     (decoder,) = executor._pool[(3, 3)]
     assert decoder.graph is not None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_rounds_equal_eager_rounds() -> None:
+    """Parallel decoding (and an edit's prefill) with every round after the first replayed
+    from its captured graph."""
+    labels, orders = torch.tensor([2, 0, 1]), _orders(3)
+    config = SAMPLE.with_(steps=6)
+    expected = generate(TorchExecutor(_model(device="cuda")), labels, orders, config, seed=2)
+    executor = GraphExecutor(_model(device="cuda"))
+    for _ in range(2):  # the second run replays the graphs captured by the first
+        assert torch.equal(generate(executor, labels, orders, config, seed=2), expected)
+    (decoder,) = executor._pool[(6, 3)]
+    assert decoder.rounds and all(r.graph is not None for r in decoder.rounds.values())
 
 
 def test_pipelines_pick_their_executor_and_dtype() -> None:

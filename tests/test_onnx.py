@@ -15,7 +15,15 @@ from rar_demo.backends import TorchExecutor
 from rar_demo.backends.onnx import STEP_FILE, OnnxDecoder, OnnxExecutor, int8_name
 from rar_demo.backends.onnx_export import QUANTIZED, ensure_export, export_all
 from rar_demo.config import RARConfig, SamplingConfig, VQGANConfig
-from rar_demo.model import RAR
+from rar_demo.model import (
+    PREFIX,
+    RAR,
+    cat_inputs,
+    decode_inputs,
+    prefill_inputs,
+    query_inputs,
+)
+from rar_demo.orders import kept_first
 from rar_demo.pipeline import load_pipeline
 from rar_demo.sampler import generate
 from rar_demo.vqgan import VQGAN
@@ -98,6 +106,73 @@ def test_mixed_orders_batch(case) -> None:
     together = generate(executor, torch.tensor([5, 5, 5]), orders, config)
     alone = [generate(executor, torch.tensor([5]), o[None], config) for o in orders]
     assert torch.equal(together, torch.cat(alone))
+
+
+def _onnx_sequential(executor, t: dict, labels: torch.Tensor, orders, context: int, target):
+    """Prefill and `context` fixture tokens one step each, the last told `target`: (its
+    logits, the cache)."""
+    seq = t["input_ids"].gather(1, orders)
+    cache = executor.new_cache(len(labels))
+    logits = executor.prefill(cache, labels, orders[:, 0] if context else target)
+    for i in range(context):
+        nxt = orders[:, i + 1] if i + 1 < context else target
+        logits = executor.decode_step(cache, i + 1, seq[:, i], orders[:, i], nxt, labels)
+    return logits, cache
+
+
+@torch.inference_mode()
+def test_a_round_of_queries_equals_sequential_decodes(case) -> None:
+    """Parallel decoding on the step graph: the real inputs and queries of one run give each
+    query's position the logits a sequential decode gives it, and write the cache as that
+    decode does (the queries write nothing)."""
+    t, model, _, labels, out = case
+    executor = OnnxExecutor(out)
+    B, L = t["input_ids"].shape
+    orders = torch.stack(
+        [torch.randperm(L, generator=torch.Generator().manual_seed(b)) for b in range(B)]
+    )
+    seq = t["input_ids"].gather(1, orders)
+    n = 4
+    cache = executor.new_cache(B)
+    real = prefill_inputs(model.config, labels, orders[:, 0])
+    first = executor.decode_round(
+        cache, 0, cat_inputs(real, query_inputs(real, orders[:, 1:3])), 2, labels
+    )
+    for j in range(3):
+        expected, _ = _onnx_sequential(executor, t, labels, orders, 0, orders[:, j])
+        torch.testing.assert_close(first[:, j], expected, atol=1e-5, rtol=0)
+    real = decode_inputs(seq[:, :n], orders[:, :n], orders[:, 1 : n + 1])
+    second = executor.decode_round(
+        cache, PREFIX, cat_inputs(real, query_inputs(real, orders[:, n + 1 : n + 3])), 2, labels
+    )
+    for j in range(3):
+        expected, sequential = _onnx_sequential(executor, t, labels, orders, n, orders[:, n + j])
+        torch.testing.assert_close(second[:, j], expected, atol=1e-5, rtol=0)
+        if j == 0:  # the order the real inputs follow: the last one told o[n]
+            torch.testing.assert_close(cache.k, sequential.k, atol=1e-5, rtol=0)
+            torch.testing.assert_close(cache.v, sequential.v, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("steps", [1, 5, 64])
+def test_parallel_tokens_match_torch(case, steps: int) -> None:
+    """Several tokens per step (and one, and an edit's prefill in one round): the same tokens
+    as the torch runtime."""
+    t, model, _, _, out = case
+    executor = OnnxExecutor(out)
+    B, L = t["input_ids"].shape
+    orders = torch.stack(
+        [torch.randperm(L, generator=torch.Generator().manual_seed(b)) for b in range(B)]
+    )
+    config = SamplingConfig(guidance_scale=3.0, greedy=True, steps=min(steps, L))
+    expected = generate(TorchExecutor(model), t["class_labels"], orders, config)
+    assert torch.equal(generate(executor, t["class_labels"], orders, config), expected)
+    keep = torch.zeros(L, dtype=torch.bool)
+    keep[: L // 3] = True
+    prompt = torch.where(keep, t["input_ids"], -1)
+    edit_orders = kept_first(orders, keep)
+    expected = generate(TorchExecutor(model), t["class_labels"], edit_orders, config, 0, prompt)
+    got = generate(executor, t["class_labels"], edit_orders, config, 0, prompt)
+    assert torch.equal(got, expected) and torch.equal(got[:, keep], prompt[:, keep])
 
 
 @torch.inference_mode()

@@ -494,9 +494,14 @@ def test_parallel_greedy_tokens_are_the_argmax_of_each_querys_logits(rar) -> Non
         assert canvas[0, orders[0, j]] == logits.argmax(-1).item()
 
 
-def test_the_cuda_graph_executor_says_it_takes_one_token_per_step(rar) -> None:
-    with pytest.raises(ValueError, match="GraphExecutor feeds one token per step"):
-        stream(GraphExecutor(rar), torch.tensor([0]), _orders(None), SamplingConfig(steps=4))
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_parallel_decoding_gives_the_same_tokens_on_every_executor(rar, schedule) -> None:
+    """Rounds of real inputs and queries: the reference path, the fast path and the CUDA-graph
+    executor's static rounds (run eagerly here) agree token for token, guided and sampled."""
+    orders, labels = _orders(None, 4, 8), torch.tensor([0, 2, 2])
+    config = SamplingConfig(guidance_scale=3.0, steps=5, schedule=schedule)
+    tokens = [generate(make(rar), labels, orders, config, 3) for make in EXECUTORS.values()]
+    assert all(torch.equal(t, tokens[0]) for t in tokens[1:])
 
 
 # --- edits: a prompt gives some cells, the sampler generates the rest -----------------------
@@ -530,10 +535,6 @@ def test_given_cells_come_out_unchanged_and_the_rest_is_generated(model, config)
     orders, prompt = _edit(_orders(None, 3))
     K = int(KEEP.sum())
     labels = torch.tensor([1, 2])
-    if config.steps and getattr(model, "decode_round", None) is None:
-        with pytest.raises(ValueError, match="one token per step"):
-            stream(model, labels, orders, config, 0, prompt)
-        return
     events = list(stream(model, labels, orders, config, 0, prompt))
     assert [e.step for e in events] == list(range(K, L))
     assert all(e.given == K and e.num_steps == L for e in events)
@@ -554,15 +555,17 @@ def test_an_empty_prompt_is_ordinary_generation(model) -> None:
         )
 
 
-def test_an_edit_is_the_same_prefilled_in_one_round_or_fed_step_by_step(rar) -> None:
-    """TorchExecutor prefills the prompt in one batched round; the CUDA-graph executor has no
-    rounds and feeds it one step at a time: same tokens, with and without guidance."""
+@pytest.mark.parametrize("steps", [None, 4], ids=["one-per-step", "steps4"])
+def test_an_edit_gives_the_same_tokens_on_every_executor(rar, steps) -> None:
+    """The kept cells prefilled in one round, then the rest: the reference path, the fast
+    path and the CUDA-graph executor's static rounds agree, with and without guidance."""
     orders, prompt = _edit(_orders(9, 3))
     labels = torch.tensor([0, 3])
-    for config in (SAMPLE, SamplingConfig(guidance_scale=3.0)):
-        batched = generate(TorchExecutor(rar), labels, orders, config, 2, prompt)
-        stepwise = generate(GraphExecutor(rar), labels, orders, config, 2, prompt)
-        assert torch.equal(batched, stepwise)
+    for config in (SAMPLE.with_(steps=steps), SamplingConfig(guidance_scale=3.0, steps=steps)):
+        edits = [
+            generate(make(rar), labels, orders, config, 2, prompt) for make in EXECUTORS.values()
+        ]
+        assert all(torch.equal(e, edits[0]) for e in edits[1:])
 
 
 def test_a_greedy_edit_is_the_teacher_forced_argmax_given_the_kept_cells(rar) -> None:

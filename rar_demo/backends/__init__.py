@@ -44,6 +44,14 @@ class Executor(Protocol):
         """Feeds the token of step - 1; returns the (B, V) logits of `step`."""
         ...
 
+    def decode_round(
+        self, cache: Any, first_slot: int, inputs: SlotInputs, queries: int, labels: Tensor
+    ) -> Tensor:
+        """Parallel decoding (see `RAR.decode_round`): R real inputs from `first_slot` on,
+        then Q queries; slot 0 starts the generation as prefill does. Returns the
+        (B, 1 + Q, V) logits."""
+        ...
+
 
 class TorchExecutor:
     """A RAR in PyTorch. fast: compute every slot's adaLN modulation at prefill (one GEMM per

@@ -6,7 +6,10 @@ replaying it turns those launches into one. That needs every tensor the step tou
 a fixed address with a fixed shape, which is what `StepBuffers` holds: the KV cache, the
 modulation table, the step's inputs and its logits. The model's static decode step
 (`RAR.decode_step` with a tensor `step`) attends over the whole cache with the slots not yet
-written masked out, so one graph serves all 255 steps.
+written masked out, so one graph serves all 255 steps. Parallel decoding's rounds (several
+inputs and queries, `RAR.decode_round`) get one graph per round shape (N inputs, Q queries),
+captured the first time a schedule uses it and kept with the buffers; the first round of a
+generation (the prefill, and an edit's given tokens) runs eagerly.
 
 Optionally the step is first compiled with `torch.compile` (fusing the norm, modulate, gate and
 residual elementwise kernels); Hugging Face ZeroGPU does not allow compiling at runtime, so it
@@ -20,11 +23,12 @@ import weakref
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import Tensor
 
-from ..model import RAR, KVCache, Modulation
+from ..model import RAR, KVCache, Modulation, SlotInputs
 from . import TorchExecutor
 
 Key = tuple[int, int]  # (batch size, distinct labels): the shapes a graph is captured for
@@ -41,6 +45,18 @@ class StepBuffers:
     next_positions: Tensor  # (B,)
     labels: Tensor  # (B,) only read by the reference path, kept for the executor protocol
     logits: Tensor | None = None  # (B, V) written by every run; the graph's output
+    graph: torch.cuda.CUDAGraph | None = None
+    rounds: dict[tuple[int, int], RoundBuffers] = field(default_factory=dict)  # by (N, Q)
+
+
+@dataclass
+class RoundBuffers:
+    """A round of parallel decoding's inputs (N of them, Q queries), against the cache of
+    its `StepBuffers`; one captured graph per (N, Q) a schedule uses."""
+
+    first_slot: Tensor  # () the first real input's slot, on the device
+    inputs: SlotInputs  # (B, N) each
+    logits: Tensor | None = None  # (B, 1 + Q, V)
     graph: torch.cuda.CUDAGraph | None = None
 
 
@@ -78,6 +94,37 @@ class GraphExecutor(TorchExecutor):
         return Lease(batch_size)
 
     def prefill(self, lease: Lease, labels: Tensor, first_positions: Tensor) -> Tensor:
+        cache = self._take_buffers(lease, labels)
+        return self.model.prefill(cache, labels, first_positions)
+
+    def decode_round(
+        self, lease: Lease, first_slot: int, inputs: SlotInputs, queries: int, labels: Tensor
+    ) -> Tensor:
+        """`RAR.decode_round`; the first round (the prefill, with an edit's given tokens) runs
+        eagerly, each later one replays the graph captured for its (N, Q) shape."""
+        if first_slot == 0:
+            cache = self._take_buffers(lease, labels)
+            return self.model.decode_round(cache, 0, inputs, queries, labels)
+        buffers = lease.buffers
+        key = inputs.ids.shape[1], queries
+        if (r := buffers.rounds.get(key)) is None:
+            r = buffers.rounds[key] = RoundBuffers(
+                first_slot=buffers.step.clone(),
+                inputs=SlotInputs(*(t.clone() for t in inputs)),
+            )
+        r.first_slot.fill_(first_slot)
+        for dst, src in zip(r.inputs, inputs, strict=True):
+            dst.copy_(src)
+        run = partial(self._run_round, buffers, r, queries)
+        if not self.captures:
+            return run()
+        if r.graph is None:
+            r.graph, r.logits = self._capture(run)
+        r.graph.replay()
+        return r.logits
+
+    def _take_buffers(self, lease: Lease, labels: Tensor) -> KVCache:
+        """A generation's buffers from the pool (or new ones), holding its adaLN table."""
         modulation = self.model.precompute_modulation(labels)
         key = (lease.batch_size, modulation.table.shape[1])
         pool = self._pool[key]
@@ -93,9 +140,10 @@ class GraphExecutor(TorchExecutor):
         buffers.labels.copy_(labels)
         # Slots are written before they are read and unwritten ones are masked, so the cache
         # is reused as it is.
-        return self.model.prefill(cache, labels, first_positions)
+        return cache
 
-    decode_round = None  # several tokens per step are not captured as CUDA graphs yet
+    def _run_round(self, d: StepBuffers, r: RoundBuffers, queries: int) -> Tensor:
+        return self.model.decode_round(d.cache, r.first_slot, r.inputs, queries, d.labels)
 
     def decode_step(
         self,
@@ -114,7 +162,7 @@ class GraphExecutor(TorchExecutor):
         if not self.captures:
             return self._run(buffers)
         if buffers.graph is None:
-            self._capture(buffers)
+            buffers.graph, buffers.logits = self._capture(partial(self._run, buffers))
         buffers.graph.replay()
         return buffers.logits
 
@@ -155,16 +203,17 @@ class GraphExecutor(TorchExecutor):
             labels=labels.clone(),
         )
 
-    def _capture(self, d: StepBuffers) -> None:
-        """Captures the decode step with the buffers' current inputs. The warm-up runs (kernel
-        selection, compilation) write the current step's slot, which the replay that follows
-        rewrites with the same values."""
+    def _capture(self, run: Callable[[], Tensor]) -> tuple[torch.cuda.CUDAGraph, Tensor]:
+        """Captures `run` (a step or round on its buffers' current inputs): the graph, and its
+        output buffer. The warm-up runs (kernel selection, compilation) write the current
+        slots, which the replay that follows rewrites with the same values."""
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             for _ in range(3):
-                self._run(d)
+                run()
         torch.cuda.current_stream(self.device).wait_stream(stream)
-        d.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(d.graph):
-            d.logits = self._run(d)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = run()
+        return graph, out

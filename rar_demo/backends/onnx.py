@@ -3,13 +3,14 @@
 An export directory (written by backends.onnx_export) holds:
 
     modulation.onnx       (U,) labels -> (T, U, M) adaLN table, once per generation
-    decode_step.onnx      one slot per sample against a static KV cache (`RAR.step`)
+    decode_step.onnx      N new slots per sample against a static KV cache (`RAR.step`):
+                          a decode step, a prefill, or a round of parallel decoding
     decoder.onnx          (B, N) codes -> (B, 3, H, W) pixels
     *.int8.onnx           (optional) the modulation and decode step with dynamically
                           quantized int8 weights; the decoder statically quantized (QLinearConv)
     export.json           configs and format version; written last, so it marks a whole export
 
-The decode step reads the cache and returns only the new slot's keys and values; the executor
+The decode step reads the cache and returns only the new slots' keys and values; the executor
 writes them into its cache buffers in place, and IO binding hands ONNX Runtime those buffers, so
 no step copies the cache. Its inputs are `model.SlotInputs` rows, built by the model's own
 `prefill_inputs` / `decode_inputs`.
@@ -27,9 +28,17 @@ import torch
 from torch import Tensor
 
 from ..config import RARConfig
-from ..model import PREFIX, KVCache, Modulation, SlotInputs, decode_inputs, prefill_inputs
+from ..model import (
+    KVCache,
+    Modulation,
+    SlotInputs,
+    cache_bias,
+    decode_inputs,
+    prefill_inputs,
+    round_slots,
+)
 
-FORMAT = 5  # bump when the graphs change (inputs, outputs, semantics, speed): invalidates caches
+FORMAT = 6  # bump when the graphs change (inputs, outputs, semantics, speed): invalidates caches
 MODULATION_FILE = "modulation.onnx"
 STEP_FILE = "decode_step.onnx"
 DECODER_FILE = "decoder.onnx"
@@ -102,16 +111,8 @@ class OnnxExecutor:
         return KVCache.empty(self.config, batch_size, self.device, torch.float32)
 
     def prefill(self, cache: KVCache, labels: Tensor, first_positions: Tensor) -> Tensor:
-        net = self.config
-        distinct, rows = labels.unique(return_inverse=True)
-        T, M = net.image_seq_len + 1, self._modulation.get_outputs()[0].shape[-1]
-        table = torch.empty(T, len(distinct), M, device=self.device)
-        _run(self._modulation, {"labels": distinct}, {"table": table})
-        cache.modulation = Modulation(table, rows)
         inputs = prefill_inputs(self.config, labels, first_positions)  # (B, 2): cls, condition
-        for slot in range(PREFIX):
-            logits = self._step_run(cache, slot, inputs, slot)
-        return logits
+        return self.decode_round(cache, 0, inputs, 0, labels)[:, 0]
 
     def decode_step(
         self,
@@ -122,27 +123,46 @@ class OnnxExecutor:
         next_positions: Tensor,
         labels: Tensor,
     ) -> Tensor:
-        return self._step_run(cache, step + 1, decode_inputs(tokens, positions, next_positions))
+        inputs = decode_inputs(tokens, positions, next_positions)
+        return self.decode_round(cache, step + 1, inputs, 0, labels)[:, 0]
 
-    def _step_run(self, cache: KVCache, slot: int, inputs: SlotInputs, column: int = 0) -> Tensor:
-        """Runs the step graph on column `column` of `inputs`, written to cache slot `slot`."""
-        assert cache.modulation is not None, "prefill first"
-        layers, B, H, _, hd = cache.k.shape
-        logits = torch.empty(B, self.config.codebook_size, device=self.device)
-        k, v = torch.empty(2, layers, B, H, hd, device=self.device)
+    def decode_round(
+        self, cache: KVCache, first_slot: int, inputs: SlotInputs, queries: int, labels: Tensor
+    ) -> Tensor:
+        """`RAR.decode_round` in one run of the step graph: R real inputs written to the cache
+        from `first_slot` on, then Q queries; the first round (slot 0) also builds the adaLN
+        table. Returns the (B, 1 + Q, V) logits."""
+        if first_slot == 0:
+            self._modulation_table(cache, labels)
+        layers, B, H, T, hd = cache.k.shape
+        N = inputs.ids.shape[1]
+        R = N - queries
+        slots, mod_slots = round_slots(first_slot, R, queries, self.device)
+        logits = torch.empty(B, N, self.config.codebook_size, device=self.device)
+        k, v = torch.empty(2, layers, B, H, N, hd, device=self.device)
         feeds = {
-            "ids": inputs.ids[:, column],
-            "pos_rows": inputs.pos_rows[:, column],
-            "target_rows": inputs.target_rows[:, column],
-            "slot": torch.tensor([slot], device=self.device),
+            "ids": inputs.ids,
+            "pos_rows": inputs.pos_rows,
+            "target_rows": inputs.target_rows,
+            "mod_slots": mod_slots,
+            "bias": cache_bias(
+                T, slots, torch.float32, queries
+            ),  # slots from `first_slot` on masked
             "rows": cache.modulation.rows,
             "table": cache.modulation.table,
             **dict(zip(cache_names(layers), [*cache.k, *cache.v], strict=True)),
         }
         _run(self._step, feeds, {"logits": logits, "k": k, "v": v})
-        cache.k[:, :, :, slot] = k
-        cache.v[:, :, :, slot] = v
-        return logits
+        cache.k[:, :, :, first_slot : first_slot + R] = k[:, :, :, :R]
+        cache.v[:, :, :, first_slot : first_slot + R] = v[:, :, :, :R]
+        return logits[:, R - 1 :]
+
+    def _modulation_table(self, cache: KVCache, labels: Tensor) -> None:
+        distinct, rows = labels.unique(return_inverse=True)
+        T, M = self.config.image_seq_len + 1, self._modulation.get_outputs()[0].shape[-1]
+        table = torch.empty(T, len(distinct), M, device=self.device)
+        _run(self._modulation, {"labels": distinct}, {"table": table})
+        cache.modulation = Modulation(table, rows)
 
 
 class OnnxDecoder:

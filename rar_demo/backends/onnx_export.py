@@ -26,7 +26,16 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import Tensor, nn
 
-from ..model import RAR, Modulation, SlotInputs
+from ..model import (
+    RAR,
+    Modulation,
+    SlotInputs,
+    cache_bias,
+    cat_inputs,
+    prefill_inputs,
+    query_inputs,
+    round_slots,
+)
 from ..vqgan import VQGAN
 from .onnx import (
     DECODER_FILE,
@@ -55,8 +64,10 @@ def cache_root() -> Path:
 
 
 class _DecodeStep(nn.Module):
-    """`RAR.step` for one slot per sample, its input given as `SlotInputs` rows, so that cls
-    (slot 0), condition (slot 1) and image tokens all run through one graph."""
+    """`RAR.step` for N new slots per sample (a decode step, a prefill, or a round of parallel
+    decoding with its queries), inputs given as `SlotInputs` rows, so that cls, condition and
+    image tokens all run through one graph. The caller builds the attention bias, so the
+    graph has no mask arithmetic of its own."""
 
     def __init__(self, model: RAR) -> None:
         super().__init__()
@@ -64,20 +75,20 @@ class _DecodeStep(nn.Module):
 
     def forward(
         self,
-        ids: Tensor,  # (B,)
-        pos_rows: Tensor,  # (B,)
-        target_rows: Tensor,  # (B,)
-        slot: Tensor,  # (1,)
+        ids: Tensor,  # (B, N)
+        pos_rows: Tensor,  # (B, N)
+        target_rows: Tensor,  # (B, N)
+        mod_slots: Tensor,  # (N,) each input's adaLN slot (see model.round_slots)
+        bias: Tensor,  # (N, T + N) see model.cache_bias
         rows: Tensor,  # (B,) each sample's row in the table
         table: Tensor,  # (T, U, M)
         *caches: Tensor,  # every layer's k (B, H, T, hd), then every layer's v
     ) -> tuple[Tensor, Tensor, Tensor]:
         model = self.model
-        x = model.embed(SlotInputs(ids[:, None], pos_rows[:, None], target_rows[:, None]))
-        mods = model.split_modulation(Modulation(table, rows).at(slot))
+        x = model.embed(SlotInputs(ids, pos_rows, target_rows))
+        mods = model.split_modulation(Modulation(table, rows).at(mod_slots))
         layers = len(model.blocks)
-        logits, k, v = model.step(x, mods, caches[:layers], caches[layers:], slot)
-        return logits[:, 0], k[:, :, :, 0], v[:, :, :, 0]  # k, v: (layers, B, H, hd)
+        return model.step(x, mods, caches[:layers], caches[layers:], bias)  # logits (B, N, V)
 
 
 class _ModulationTable(nn.Module):
@@ -135,8 +146,13 @@ def export_generator(model: RAR, out: Path) -> None:
     cache = model.new_cache(B, device=torch.device("cpu"))
     labels = torch.tensor([0, net.null_class])
     table = model.modulation_table(labels)
-    zeros = torch.zeros(B, dtype=torch.long)
-    batch = {0: "batch"}
+    # Traced on a prefill with one query (N = 3): batch and N distinct, neither 1.
+    first = torch.zeros(B, dtype=torch.long)
+    real = prefill_inputs(net, labels, first)
+    inputs = cat_inputs(real, query_inputs(real, first[:, None] + 1))
+    slots, mod_slots = round_slots(0, 2, 1, torch.device("cpu"))
+    bias = cache_bias(net.image_seq_len + 1, slots, torch.float32, queries=1)
+    batch, new = {0: "batch"}, {0: "batch", 1: "new"}
     with torch.no_grad():
         _export(
             _ModulationTable(model),
@@ -146,19 +162,20 @@ def export_generator(model: RAR, out: Path) -> None:
         )
         _export(
             _DecodeStep(model),
-            (zeros, zeros, zeros, torch.tensor([2]), torch.arange(B), table, *cache.k, *cache.v),
+            (*inputs, mod_slots, bias, torch.arange(B), table, *cache.k, *cache.v),
             out / STEP_FILE,
             {
-                "ids": batch,
-                "pos_rows": batch,
-                "target_rows": batch,
-                "slot": {},
+                "ids": new,
+                "pos_rows": new,
+                "target_rows": new,
+                "mod_slots": {0: "new"},
+                "bias": {0: "new", 1: "attended"},
                 "rows": batch,
                 "table": {1: "labels"},
                 **{name: batch for name in cache_names(net.num_hidden_layers)},
-                "logits": batch,
-                "k": {1: "batch"},
-                "v": {1: "batch"},
+                "logits": new,
+                "k": {1: "batch", 3: "new"},
+                "v": {1: "batch", 3: "new"},
             },
         )
 
