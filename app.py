@@ -178,12 +178,12 @@ def generate(
     top_k: float | None = None,
     speed: float = studio.DEFAULT_SPEED,
     runtime: str = "torch",
-    steps: float = studio.STEP_CHOICES[0],
+    steps: float | list[float] = studio.STEP_CHOICES[0],
     schedule: str = studio.DEFAULT_SCHEDULE,
     request: gr.Request | None = None,
 ) -> Iterator[tuple]:
     """Generates one image of a class per order, side by side in one batch with the same seed,
-    streaming the panels token by token.
+    streaming the panels token by token; with several step counts, each order at each.
 
     Args:
         model: "bundled" (offline, emoji) or an official RAR model: rar_b, rar_l, rar_xl, rar_xxl.
@@ -199,7 +199,8 @@ def generate(
         speed: at most this many steps per second.
         runtime: "torch", "onnx" or "onnx int8" (official models only).
         steps: sampler steps for the 256 tokens: 256 is one token per step; fewer decode
-            several tokens per step (parallel decoding, on every runtime).
+            several tokens per step (parallel decoding, on every runtime). A list compares
+            step counts: each order is shown at each (at most 4 panels in all).
         schedule: how many tokens each step takes when steps < 256: "cosine" (few first,
             more later) or "constant".
 
@@ -251,7 +252,7 @@ def edit(
     top_k: float | None = None,
     speed: float = studio.DEFAULT_SPEED,
     runtime: str = "torch",
-    steps: float = studio.STEP_CHOICES[0],
+    steps: float | list[float] | None = None,
     schedule: str = studio.DEFAULT_SCHEDULE,
     request: gr.Request | None = None,
 ) -> Iterator[tuple]:
@@ -275,7 +276,8 @@ def edit(
         top_k: keep only the k likeliest tokens (0 = off); empty for the model's default.
         speed: at most this many steps per second.
         runtime: "torch", "onnx" or "onnx int8" (official models only).
-        steps: sampler steps for the regenerated cells (256: one token per step).
+        steps: sampler steps for the regenerated cells (256 or empty: one token per step),
+            or a list of step counts to compare.
         schedule: "cosine" or "constant", when steps < 256.
 
     Returns:
@@ -319,7 +321,7 @@ def edit_from_editor(
     top_k: float | None,
     speed: float,
     runtime: str,
-    steps: float,
+    steps: list[float],
     schedule: str,
     request: gr.Request,
 ) -> Iterator[tuple]:
@@ -413,10 +415,12 @@ def random_seed() -> int:
     return random.randrange(1_000_000)  # short enough to read and retype
 
 
-def blank_panels(model: str, orders: list[str], runtime: str = "torch") -> str | dict:
-    """Hatched, labelled panels for the chosen orders: shown the moment the orders change or
-    Generate is pressed, so no earlier picture stands under a new label."""
-    names = list(orders or [])[: studio.MAX_ORDERS]
+def blank_panels(
+    model: str, orders: list[str], steps: list[int] | None = None, runtime: str = "torch"
+) -> str | dict:
+    """Hatched, labelled panels for the chosen orders and step counts: shown the moment they
+    change or Generate is pressed, so no earlier picture stands under a new label."""
+    names = studio.panel_names(list(orders or []), list(steps or []))[: studio.MAX_PANELS]
     if not names or not CACHE.has(model, runtime):
         return gr.skip()
     render = studio.Renderer(CACHE, CACHE.get(model, runtime))
@@ -426,7 +430,7 @@ def blank_panels(model: str, orders: list[str], runtime: str = "torch") -> str |
 def clear_panels(*values: Any) -> str | dict:
     """`blank_panels` for Generate's inputs (the validator's)."""
     inputs = dict(zip(GENERATE_INPUTS, values, strict=True))
-    return blank_panels(inputs["model"], inputs["orders"], inputs["runtime"])
+    return blank_panels(inputs["model"], inputs["orders"], inputs["steps"], inputs["runtime"])
 
 
 def fill_defaults(model: str, runtime: str, *values: float | None) -> list:
@@ -463,8 +467,9 @@ def create_demo(model: str | None = None) -> gr.Blocks:
             "[RAR](https://github.com/bytedance/1d-tokenizer) generates a 16×16 grid of image "
             "tokens one token per step, and was trained to do so in *any* order. Pick a class "
             "and up to four orders: each panel is generated in its own order, side by side, "
-            "with the same seed. Hatched cells are not generated yet; the pink square is the "
-            "newest token."
+            "with the same seed. Pick several step counts to see each order also decoded "
+            "several tokens per step. Hatched cells are not generated yet; the pink square is "
+            "the newest token."
         )
         with gr.Row(elem_classes="action-bar"):
             go = gr.Button("Generate", variant="primary", scale=3)
@@ -534,11 +539,12 @@ def create_demo(model: str | None = None) -> gr.Blocks:
                     label="Speed (steps per second)",
                 )
                 with gr.Row():
-                    steps_box = gr.Dropdown(
+                    steps_box = gr.CheckboxGroup(
                         list(studio.STEP_CHOICES),
-                        value=studio.STEP_CHOICES[0],
+                        value=[studio.STEP_CHOICES[0]],
                         label="Steps (256: one token per step)",
-                        info="fewer decode several tokens per step, zero-shot",
+                        info="fewer decode several tokens per step, zero-shot; pick several "
+                        "to see each order at each",
                     )
                     schedule_box = gr.Radio(
                         list(SCHEDULES), value=studio.DEFAULT_SCHEDULE, label="Tokens per step"
@@ -573,7 +579,7 @@ def create_demo(model: str | None = None) -> gr.Blocks:
                     )
         gr.Examples(
             studio.examples(model),
-            inputs=[model_box, class_box, order_box, seed_box],
+            inputs=[model_box, class_box, order_box, seed_box, steps_box],
             label="Examples",
         )
 
@@ -615,7 +621,9 @@ def create_demo(model: str | None = None) -> gr.Blocks:
         api_mask = gr.Textbox(visible=False)
         api_mask_image = gr.Image(type="pil", image_mode=None, visible=False)
         api_inputs = [model_box, api_image, api_mask, class_box, order_box, seed_box]
-        api_inputs += [api_mask_image, *sampler_boxes, speed_box, runtime_box, steps_box]
+        # Steps as JSON: a count or a list of counts (a CheckboxGroup would take lists only).
+        api_steps = gr.JSON(visible=False)
+        api_inputs += [api_mask_image, *sampler_boxes, speed_box, runtime_box, api_steps]
         api_inputs += [schedule_box]
         gr.Button(visible=False).click(edit, api_inputs, outputs, api_name="edit")
         gr.on(
@@ -637,7 +645,13 @@ def create_demo(model: str | None = None) -> gr.Blocks:
         )
         class_dice.click(random_class, [model_box, runtime_box, class_box], class_box, **private)
         seed_dice.click(random_seed, None, seed_box, **private)
-        order_box.change(blank_panels, [model_box, order_box, runtime_box], live, **private)
+        gr.on(
+            [order_box.change, steps_box.change],
+            blank_panels,
+            [model_box, order_box, steps_box, runtime_box],
+            live,
+            **private,
+        )
     demo.queue(default_concurrency_limit=2)
     return demo
 

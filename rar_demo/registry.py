@@ -45,11 +45,13 @@ class HubFile:
 
 @dataclass(frozen=True)
 class Example:
-    """A one-click preset of the app: a class, the orders to compare, a seed."""
+    """A one-click preset of the app: a class, the orders to compare, a seed, and the sampler
+    step counts each order is shown at."""
 
     class_name: str
     orders: tuple[str, ...]
     seed: int
+    steps: tuple[int, ...] = (256,)
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,8 @@ class ModelSpec:
         for example in self.examples:
             if bad := set(example.orders) - set(ORDER_NAMES):
                 raise ValueError(f"{self.name}: example with unknown orders {sorted(bad)}")
+            if not all(1 <= n <= self.generator.image_seq_len for n in example.steps):
+                raise ValueError(f"{self.name}: example with steps {example.steps} out of range")
 
     def dtype(self, device: str | torch.device) -> torch.dtype:
         return self.gpu_dtype if torch.device(device).type == "cuda" else torch.float32
@@ -114,6 +118,8 @@ _IMAGENET_EXAMPLES = (
     Example("golden retriever", ("raster", "random"), 0),
     Example("volcano", ("raster", "random"), 1),
     Example("macaw", ("spiral", "center-out", "checkerboard", "random"), 2),
+    # Parallel decoding: random order keeps its picture at 64 steps, raster order does not.
+    Example("golden retriever", ("random", "raster"), 0, (256, 64)),
 )
 
 # Sampling: the paper's settings (RAR README / paper Table 7).
@@ -140,6 +146,7 @@ _ENTRIES = (
             Example("Food & Drink", ("raster", "checkerboard"), 0),
             Example("Smileys & Emotion", ("raster", "random"), 0),
             Example("Flags", ("raster", "spiral", "center-out", "random"), 2),
+            Example("Flags", ("random", "raster"), 2, (256, 32)),
         ),
     ),
     _official(

@@ -73,7 +73,8 @@ def mark_progress(
 ) -> np.ndarray:
     """Dims and hatches cells not generated yet and outlines the newest cell.
 
-    images (B, 3, H, W) in [0, 1]; canvas (B, L); newest (B,) raster positions or None.
+    images (B, 3, H, W) in [0, 1]; canvas (B, L); newest (B,) raster positions (-1: none)
+    or None.
     Returns (B, H, W, 3) uint8.
     """
     B, _, H, W = images.shape
@@ -88,6 +89,8 @@ def mark_progress(
     frames = to_uint8(out)
     if newest is not None:
         for b, pos in enumerate(newest.tolist()):
+            if pos < 0:  # a finished panel beside unfinished ones
+                continue
             r, c = divmod(pos, w)
             y0, x0, y1, x1 = r * ph, c * pw, (r + 1) * ph - 1, (c + 1) * pw - 1
             frames[b, y0 : y1 + 1, [x0, x1]] = HIGHLIGHT

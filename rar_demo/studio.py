@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -45,7 +45,7 @@ from .sampler import StepEvent, generate, step_sizes
 from .vqgan import to_tensor
 
 T = TypeVar("T")
-MAX_ORDERS = 4
+MAX_PANELS = 4  # orders x step counts
 MAX_FPS = 25.0
 # Full decodes may take at most this share of a run's wall clock: they run beside the sampler
 # on the same cores, and the preview patches between them are close to a decode anyway.
@@ -83,8 +83,10 @@ def runtimes(env: Mapping[str, str]) -> list[str]:
 
 
 def examples(model: str) -> list[list]:
-    """One-click presets [model, class, orders, seed] that the given model can run."""
-    return [[model, e.class_name, list(e.orders), e.seed] for e in spec(model).examples]
+    """One-click presets [model, class, orders, seed, steps] that the given model can run."""
+    return [
+        [model, e.class_name, list(e.orders), e.seed, list(e.steps)] for e in spec(model).examples
+    ]
 
 
 class ModelCache:
@@ -158,10 +160,11 @@ class Request:
     model: str
     class_id: int
     class_name: str
-    orders: tuple[str, ...]
-    permutations: Tensor  # (B, L) the orders, built once (random ones drawn from the seed)
+    orders: tuple[str, ...]  # the orders compared ...
+    steps: tuple[int, ...]  # ... at each of these sampler step counts (L: one token per step)
+    permutations: Tensor  # (B, L) each panel's order, built once (random drawn from the seed)
     seed: int
-    sampling: SamplingConfig
+    sampling: SamplingConfig  # with steps left None: each panel takes its own
     speed: float  # at most this many steps per second
     runtime: str = "torch"  # a key of RUNTIMES
     # An edit: the picture at the model's resolution, and the (h, w) cells to regenerate. Its
@@ -186,8 +189,36 @@ class Request:
         return pipe.edit_prompt(self.pixels, self.regenerate, batch)
 
     @property
+    def names(self) -> list[str]:
+        """The panels' labels, one per row of `permutations`."""
+        return panel_names(self.orders, self.steps)
+
+    def sampling_for(self, steps: int) -> SamplingConfig:
+        """The sampler settings of the panels that take `steps` steps."""
+        one_per_step = steps == self.permutations.shape[1]
+        return self.sampling.with_(steps=None if one_per_step else steps)
+
+    def rows(self, steps: int) -> Tensor:
+        """The panels (rows of `permutations`) that take `steps` steps."""
+        return torch.tensor([i for i, n in enumerate(self.steps * len(self.orders)) if n == steps])
+
+    def step_sizes(self, steps: int) -> list[int]:
+        """Tokens per sampler step of the panels that take `steps` steps (an edit with fewer
+        cells to generate takes one per cell)."""
+        L = self.permutations.shape[1]
+        return step_sizes(self.sampling_for(steps), L, self.kept_cells)
+
+    @property
     def short_name(self) -> str:
         return self.class_name.split(",")[0]  # ImageNet names list synonyms after a comma
+
+
+def panel_names(orders: Sequence[str], steps: Sequence[int]) -> list[str]:
+    """Labels for the panels of `orders` x `steps` (each order at each step count, in that
+    order): just the order's name where every panel takes the same steps."""
+    if len(steps) <= 1:
+        return list(orders)
+    return [f"{order} · {n} steps" for order in orders for n in steps]
 
 
 class InputError(ValueError):
@@ -228,7 +259,7 @@ def parse(
     top_k: int | None = None,
     speed: float = DEFAULT_SPEED,
     runtime: str = "torch",
-    steps: int | None = None,
+    steps: object = None,
     schedule: str = DEFAULT_SCHEDULE,
     image: object = None,
     mask: object = None,
@@ -239,19 +270,30 @@ def parse(
     take the model's own defaults; top_k 0 turns top-k filtering off. With load False, a model
     not loaded yet is not loaded: only what needs no model is checked, and None returned.
 
-    An edit gives `image` (a picture: path, bytes, array or PIL image) and `mask` (a preset
-    name of masks.MASK_PRESETS or a mask picture, see masks.edit_source)."""
+    `steps`: a sampler step count, or several to compare: each order is then shown at each
+    (None: one token per step). An edit gives `image` (a picture: path, bytes, array or PIL
+    image) and `mask` (a preset name of masks.MASK_PRESETS or a mask picture, see
+    masks.edit_source)."""
     entry = _field("model", lambda: spec(model))
     _field("runtime", lambda: entry.check_runtime(runtime))
     orders = tuple(orders or ())
     if not orders:
         raise InputError("orders", "choose at least one generation order")
-    if len(orders) > MAX_ORDERS:
-        raise InputError("orders", f"choose at most {MAX_ORDERS} orders, got {len(orders)}")
     if len(set(orders)) < len(orders):
         raise InputError("orders", "each order can be chosen only once")
     for name in orders:
         _field("orders", lambda name=name: check_order_name(name))
+    L = entry.generator.image_seq_len
+    step_counts = _step_counts(steps, L)
+    panels = len(orders) * len(step_counts)
+    if panels > MAX_PANELS and len(step_counts) == 1:
+        raise InputError("orders", f"choose at most {MAX_PANELS} orders, got {len(orders)}")
+    if panels > MAX_PANELS:
+        raise InputError(
+            "steps",
+            f"at most {MAX_PANELS} panels: {len(orders)} orders x {len(step_counts)} step "
+            f"counts make {panels}",
+        )
     seed = _number("seed", "seed", seed, SEED_RANGE)
     if seed != int(seed):
         raise InputError("seed", f"seed must be a whole number, got {seed}")
@@ -271,31 +313,28 @@ def parse(
         if top_k is None
         else int(_number("top_k", "top-k", top_k, TOP_K_RANGE)) or None,
     )
-    L = entry.generator.image_seq_len
-    if steps is not None:
-        steps = _number("steps", "steps", steps, (1, L))
-        if steps != int(steps):
-            raise InputError("steps", f"steps must be a whole number, got {steps}")
-    parallel = None if steps in (None, L) else int(steps)
-    checked = _field("schedule", lambda: sampling.with_(steps=parallel, schedule=schedule))
+    parallel = [n for n in step_counts if n < L]
+    checked = _field("schedule", lambda: sampling.with_(steps=min(step_counts), schedule=schedule))
     if parallel:  # one token per step has no schedule: the request keeps the model's defaults
-        sampling = checked
+        sampling = checked.with_(steps=None)
     if not load and not cache.has(model, runtime):
         return None
 
     pipe = cache.get(model, runtime)
     class_id = _field("class_name", lambda: pipe.class_id("" if class_name is None else class_name))
     pixels = regenerate = None
+    panel_orders = [order for order in orders for _ in step_counts]
     if image is None and mask is None:
-        permutations = pipe.orders(orders, int(seed))
+        permutations = pipe.orders(panel_orders, int(seed))
     else:
         pixels, regenerate = _edit_source(pipe, image, mask, int(seed))
-        permutations = _field("mask", lambda: pipe.edit_orders(regenerate, orders, int(seed)))
+        permutations = _field("mask", lambda: pipe.edit_orders(regenerate, panel_orders, int(seed)))
     return Request(
         model,
         class_id,
         pipe.class_names[class_id],
         orders,
+        step_counts,
         permutations,
         int(seed),
         sampling,
@@ -304,6 +343,21 @@ def parse(
         pixels,
         regenerate,
     )
+
+
+def _step_counts(steps: object, L: int) -> tuple[int, ...]:
+    """`steps` (a count, several, or None: L) as distinct whole numbers in [1, L]."""
+    if steps is None or (isinstance(steps, list | tuple) and not steps):
+        return (L,)
+    counts = []
+    for value in steps if isinstance(steps, list | tuple) else [steps]:
+        n = _number("steps", "steps", value, (1, L))
+        if n != int(n):
+            raise InputError("steps", f"steps must be a whole number, got {n}")
+        if int(n) in counts:
+            raise InputError("steps", "each step count can be chosen only once")
+        counts.append(int(n))
+    return tuple(counts)
 
 
 def _edit_source(
@@ -367,45 +421,108 @@ class Pacer:
             self.sleep(lead)
 
 
-class Sampling(threading.Thread):
-    """A run's sampler, paced, in a thread of its own: the newest event, every step's
-    probability and entropy, and whether it has finished (or failed, or was stopped)."""
+@dataclass(frozen=True)
+class Progress:
+    """The newest state of a run's panels."""
 
-    def __init__(self, stream: Iterator[StepEvent], steps_per_s: float) -> None:
-        super().__init__(daemon=True, name="rar-sampling")
-        self.stream, self.pacer = stream, Pacer(steps_per_s)
-        self.stop = threading.Event()
+    tick: int  # 0-based: the sampler steps taken by the panels that take the most
+    num_ticks: int
+    canvas: Tensor  # (B, L) tokens by raster position, -1 where not generated yet
+    newest: Tensor  # (B,) each panel's newest cell, -1 once it is finished
+    done: bool  # every panel finished
+
+
+class _Group:
+    """Panels that take the same number of sampler steps: one batched stream, which places
+    counts[i] tokens at its step i."""
+
+    def __init__(self, rows: Tensor, events: Iterator[StepEvent], counts: list[int]) -> None:
+        self.rows, self.events, self.counts = rows, events, counts
         self.latest: StepEvent | None = None
-        self.probs: list[Tensor] = []
+        self.probs: list[Tensor] = []  # every token's, as the stats plot shows them
         self.entropy: list[Tensor] = []
+
+    @property
+    def finished(self) -> bool:
+        return self.latest is not None and self.latest.done
+
+    def advance(self, tick: int) -> None:
+        """Takes the events of sampler step `tick` (one per token it places), if it has one."""
+        for _ in range(self.counts[tick] if tick < len(self.counts) else 0):
+            self.latest = next(self.events)
+            self.probs.append(self.latest.probs)
+            self.entropy.append(self.latest.entropy)
+
+
+class Sampling(threading.Thread):
+    """A run's sampler, paced, in a thread of its own: the newest `Progress`, every token's
+    probability and entropy, and whether it has finished (or failed, or was stopped).
+
+    Each group of panels (a step count) is a stream of its own; all take their sampler steps
+    in lockstep, so panels with fewer steps finish sooner, as they would alone."""
+
+    def __init__(
+        self,
+        groups: list[tuple[Tensor, Iterator[StepEvent], list[int]]],
+        steps_per_s: float,
+    ) -> None:
+        """groups: (panel rows, their sampler stream, tokens per sampler step) each."""
+        super().__init__(daemon=True, name="rar-sampling")
+        self.groups = [_Group(*group) for group in groups]
+        self.num_ticks = max(len(g.counts) for g in self.groups)
+        self.pacer = Pacer(steps_per_s)
+        self.stop = threading.Event()
+        self.latest: Progress | None = None
         self.error: BaseException | None = None
         self.finished = False
         self._changed = threading.Condition()
 
     def run(self) -> None:
         try:
-            for event in self.stream:
-                self.probs.append(event.probs)
-                self.entropy.append(event.entropy)
-                self.pacer.wait(event.round)  # a step of the sampler may hold several tokens
+            for tick in range(self.num_ticks):
+                for group in self.groups:
+                    group.advance(tick)
+                self.pacer.wait(tick)
+                progress = self._progress(tick)
                 with self._changed:
-                    self.latest = event
+                    self.latest = progress
                     self._changed.notify_all()
                 if self.stop.is_set():
                     break
         except BaseException as err:  # handed to the consumer, which raises it
             self.error = err
         finally:
-            self.stream.close()  # the sampler's KV cache goes with it
+            for group in self.groups:
+                group.events.close()  # the sampler's KV cache goes with it
             with self._changed:
                 self.finished = True
                 self._changed.notify_all()
 
-    def newer_than(self, step: int, timeout: float | None = None) -> StepEvent | None:
-        """Waits for an event past `step` (or the end); returns the newest, None if none."""
+    def _progress(self, tick: int) -> Progress:
+        first = self.groups[0].latest
+        B = sum(len(g.rows) for g in self.groups)
+        canvas = torch.empty((B, first.canvas.shape[1]), dtype=torch.long)
+        newest = torch.empty(B, dtype=torch.long)
+        for g in self.groups:
+            canvas[g.rows] = g.latest.canvas
+            newest[g.rows] = -1 if g.finished else g.latest.positions
+        done = all(g.finished for g in self.groups)
+        return Progress(tick, self.num_ticks, canvas, newest, done)
+
+    def stats(self) -> tuple[Tensor, Tensor]:
+        """(tokens, B) probability and entropy of every token each panel placed."""
+        B = sum(len(g.rows) for g in self.groups)
+        out = torch.empty(2, len(self.groups[0].probs), B)
+        for g in self.groups:
+            out[0][:, g.rows] = torch.stack(g.probs)
+            out[1][:, g.rows] = torch.stack(g.entropy)
+        return out[0], out[1]
+
+    def newer_than(self, tick: int, timeout: float | None = None) -> Progress | None:
+        """Waits for progress past `tick` (or the end); returns the newest, None if none."""
         with self._changed:
             self._changed.wait_for(
-                lambda: self.finished or (self.latest and self.latest.step > step), timeout
+                lambda: self.finished or (self.latest and self.latest.tick > tick), timeout
             )
             return self.latest
 
@@ -454,7 +571,8 @@ class Renderer:
 def _describe(request: Request) -> str:
     s = request.sampling
     top_k = f" · top-k {s.top_k}" if s.top_k else ""
-    steps = f" · {s.steps} steps ({s.schedule})" if s.steps else ""
+    several = any(n < request.permutations.shape[1] for n in request.steps)
+    steps = f" · {' / '.join(map(str, request.steps))} steps ({s.schedule})" if several else ""
     runtime = f" · {request.runtime}" if request.runtime != "torch" else ""
     edit = f"edit of {request.edited_cells} cells · " if request.edited_cells else ""
     return (
@@ -496,7 +614,8 @@ def still(cache: ModelCache, request: Request) -> np.ndarray:
     orders = request.permutations[:1]
     labels = torch.full((1,), request.class_id, dtype=torch.long)
     prompt = request.prompt(pipe, 1)
-    canvas = generate(pipe.executor, labels, orders, request.sampling, request.seed, prompt)
+    sampling = request.sampling_for(request.steps[0])
+    canvas = generate(pipe.executor, labels, orders, sampling, request.seed, prompt)
     image = to_uint8(pipe.decode(canvas))[0]
     scale = display_scale(image.shape[0])
     return image.repeat(scale, axis=0).repeat(scale, axis=1)
@@ -511,12 +630,14 @@ def run(
     """Streams a request: a blank first update, frames of the newest canvas (at most MAX_FPS a
     second, however fast the sampler runs beside it), then one update with everything: final
     images, animation, plots. Setting `stop` ends the run with a "Stopped" update; closing the
-    iterator stops the sampler at once."""
+    iterator stops the sampler at once. Panels of one step count share a batch; several step
+    counts run side by side, one sampler step each per step of the run."""
     pipe = cache.get(request.model, request.runtime)
-    names = request.orders
+    names = request.names
     render = Renderer(cache, pipe)
     about = _describe(request)
-    order_plot = plots.order_heatmaps(names, request.permutations, pipe.grid, request.kept_cells)
+    distinct = request.permutations[:: len(request.steps)]  # an order repeats per step count
+    order_plot = plots.order_heatmaps(request.orders, distinct, pipe.grid, request.kept_cells)
     # An edit shows the cells it keeps from the start.
     prompt = request.prompt(pipe, len(names))
     first = render.blank(len(names)) if prompt is None else render(prompt, None)
@@ -529,36 +650,38 @@ def run(
         stats_plot=None,
     )
 
-    start = clock()
-    sampling = Sampling(
-        pipe.stream(
+    groups = []
+    for steps in request.steps:
+        rows = request.rows(steps)
+        given = None if prompt is None else prompt[rows]
+        events = pipe.stream(
             request.class_id,
-            request.permutations,
+            request.permutations[rows],
             request.seed,
-            request.sampling,
-            prompt,
-        ),
-        request.speed,
-    )
+            request.sampling_for(steps),
+            given,
+        )
+        groups.append((rows, events, request.step_sizes(steps)))
+    rounds = [len(counts) for *_, counts in groups]
+    start = clock()
+    sampling = Sampling(groups, request.speed)
     scale = display_scale(pipe.tokenizer.config.resolution)
-    recorded: list[tuple[int, Image.Image]] = []  # (steps filled, sheet): the animation
+    recorded: list[tuple[int, Image.Image]] = []  # (steps taken, sheet): the animation
     shown = -1
     sampling.start()
     try:
         while not sampling.finished and not (stop is not None and stop.is_set()):
-            event = sampling.newer_than(shown, timeout=0.1)  # wakes to check `stop`
-            if event is None or event.step <= shown or event.done:
+            progress = sampling.newer_than(shown, timeout=0.1)  # wakes to check `stop`
+            if progress is None or progress.tick <= shown or progress.done:
                 continue  # the last step shows as the final images
             frame_start = clock()
-            frames = render(event.canvas, event.positions)
-            shown = event.step
-            filled = event.step + 1 - event.given  # tokens generated (an edit's kept cells aside)
-            to_fill = event.num_steps - event.given
-            if not recorded or filled - recorded[-1][0] >= to_fill / ANIMATION_FRAMES:
-                footer = f"step {event.round + 1} / {event.num_rounds}"
-                recorded.append((filled, sheet(frames, names, scale, footer)))
+            frames = render(progress.canvas, progress.newest)
+            shown, taken = progress.tick, progress.tick + 1
+            step = f"{taken} / {progress.num_ticks}"
+            if not recorded or taken - recorded[-1][0] >= progress.num_ticks / ANIMATION_FRAMES:
+                recorded.append((taken, sheet(frames, names, scale, f"step {step}")))
             yield Update(
-                status=f"**Step {event.round + 1} / {event.num_rounds}** · {about}",
+                status=f"**Step {step}** · {about}",
                 panels=dict(zip(names, frames, strict=True)),
             )
             # At most MAX_FPS frames: what the browser could not show anyway.
@@ -569,16 +692,16 @@ def run(
     if sampling.error is not None:
         raise sampling.error
 
-    event, seconds = sampling.latest, clock() - start
-    if event is None or not event.done:
-        taken = 0 if event is None else event.round + 1
-        rounds = len(step_sizes(request.sampling, pipe.num_steps, request.kept_cells))
-        yield Update(status=f"**Stopped at step {taken} / {rounds}** · {about}")
+    progress, seconds = sampling.latest, clock() - start
+    if progress is None or not progress.done:
+        taken = 0 if progress is None else progress.tick + 1
+        yield Update(status=f"**Stopped at step {taken} / {max(rounds)}** · {about}")
         return
-    stats = plots.step_curves(names, torch.stack(sampling.probs), torch.stack(sampling.entropy))
-    finals = to_uint8(pipe.decode(event.canvas))
+    stats = plots.step_curves(names, *sampling.stats())
+    finals = to_uint8(pipe.decode(progress.canvas))
     final_panels = dict(zip(names, finals, strict=True))
-    summary = f"**Done**: {event.num_rounds} steps in {seconds:.1f} s · {about}"
+    steps = " / ".join(map(str, rounds))
+    summary = f"**Done**: {steps} steps in {seconds:.1f} s · {about}"
     yield Update(status=f"{summary} · preparing the animation…", panels=final_panels)
 
     sheets = [s for _, s in recorded]

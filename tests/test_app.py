@@ -348,6 +348,32 @@ def test_fewer_steps_decode_several_tokens_per_step(client: Client) -> None:
             )  # fmt: skip
 
 
+def test_step_counts_side_by_side_through_the_api(client: Client, picture: Path) -> None:
+    """Each order at each step count: the panels are labelled so, and the 32-step panels
+    come out different from the 256-step ones of the same order and seed."""
+    from gradio_client import handle_file
+
+    out = client.predict(
+        model="bundled", class_name="Flags", orders=["random", "raster"], seed=2, speed=512,
+        steps=[256, 32], api_name="/generate",
+    )  # fmt: skip
+    assert out[0].startswith("**Done**: 256 / 32 steps")
+    captions = [item["caption"] for item in out[2]]
+    assert captions == [f"{o} · {n} steps" for o in ("random", "raster") for n in (256, 32)]
+    finals = _finals(out)
+    assert np.abs(finals[0].astype(int) - finals[1]).max() > 50
+    edit = client.predict(
+        model="bundled", image=handle_file(str(picture)), mask="right", class_name="0",
+        orders=["random"], seed=2, speed=512, steps=[128, 16], api_name="/edit",
+    )  # fmt: skip
+    assert edit[0].startswith("**Done**: 128 / 16 steps") and len(edit[2]) == 2
+    with pytest.raises(Exception, match="at most 4 panels: 3 orders x 2 step counts make 6"):
+        client.predict(
+            model="bundled", class_name="Flags", orders=["random", "raster", "spiral"], seed=2,
+            steps=[256, 64], api_name="/generate",
+        )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def picture(tmp_path_factory) -> Path:
     """A 200x120 picture: white, a dark blue block left of centre (centre-cropped to 120)."""

@@ -166,3 +166,18 @@ def test_a_generated_picture_is_edited_end_to_end(page: Page) -> None:
     expect(status).to_contain_text("Done", timeout=60_000)
     expect(page.locator(".panel")).to_have_count(2)
     expect(page.get_by_text("Error")).to_have_count(0)
+
+
+def test_step_counts_compare_side_by_side(page: Page) -> None:
+    """Two orders at two step counts: four labelled panels the moment a count is ticked, and
+    four labelled final images."""
+    _choose(page, "Flags", ["random", "raster"], speed=128)
+    page.get_by_role("checkbox", name="64", exact=True).set_checked(True)
+    captions = page.locator(".panel figcaption")
+    expect(captions).to_have_count(4)
+    expected = [f"{o} · {n} steps" for o in ("raster", "random") for n in (256, 64)]
+    assert captions.all_inner_texts() == expected
+    page.get_by_role("button", name="Generate").click()
+    status = page.locator("#status")
+    expect(status).to_contain_text("Done: 256 / 64 steps", timeout=60_000)
+    expect(page.locator("#finals img")).to_have_count(4, timeout=30_000)

@@ -49,6 +49,10 @@ def test_mark_progress_hatches_pending_cells_and_outlines_the_newest() -> None:
     assert tuple(frame[row * 4, col * 4]) == HIGHLIGHT
     assert tuple(frame[row * 4 + 1, col * 4 + 1]) != HIGHLIGHT  # an outline, not a fill
     assert (mark_progress(images, canvas, None, GRID)[0] != HIGHLIGHT).any(-1).all()
+    # -1: no newest cell for that panel (finished beside unfinished ones).
+    two = mark_progress(images.repeat(2, 1, 1, 1), canvas.repeat(2, 1), torch.tensor([4, -1]), GRID)
+    assert tuple(two[0, row * 4, col * 4]) == HIGHLIGHT
+    assert (two[1] != HIGHLIGHT).any(-1).all()
 
 
 def test_code_patches_tile_a_decode(tokenizer: VQGAN) -> None:

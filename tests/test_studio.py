@@ -14,6 +14,7 @@ import torch
 import app
 from rar_demo import studio
 from rar_demo.registry import imagenet_classes
+from rar_demo.sampler import tokens_per_step
 
 ORDERS = ["raster", "random"]
 
@@ -146,12 +147,83 @@ def test_zero_gpu_offers_the_torch_runtime_only() -> None:
 
 
 def test_examples_are_valid_for_their_model(cache: studio.ModelCache) -> None:
-    for model, class_name, orders, seed in studio.examples("bundled"):
-        studio.parse(cache, model, class_name, orders, seed)
+    for model, class_name, orders, seed, steps in studio.examples("bundled"):
+        studio.parse(cache, model, class_name, orders, seed, steps=steps)
     imagenet = imagenet_classes()
-    for model, class_name, orders, seed in studio.examples("rar_b"):
+    examples = studio.examples("rar_b")
+    for model, class_name, orders, seed, steps in examples:
         assert model == "rar_b" and class_name in imagenet
-        assert 1 <= len(orders) <= studio.MAX_ORDERS and seed >= 0
+        assert 1 <= len(orders) * len(steps) <= studio.MAX_PANELS and seed >= 0
+    assert any(len(steps) > 1 for *_, steps in examples)  # parallel decoding, side by side
+
+
+def test_step_counts_make_panels_of_each_order_at_each(cache: studio.ModelCache) -> None:
+    request = studio.parse(cache, "bundled", 0, ["random", "raster"], 4, steps=[256, 64])
+    assert request.names == [
+        "random · 256 steps",
+        "random · 64 steps",
+        "raster · 256 steps",
+        "raster · 64 steps",
+    ]
+    # The same order (and the same random draw) at both step counts.
+    assert torch.equal(request.permutations[0], request.permutations[1])
+    assert torch.equal(request.rows(64), torch.tensor([1, 3]))
+    assert request.sampling_for(256).steps is None and request.sampling_for(64).steps == 64
+    assert studio.parse(cache, "bundled", 0, ORDERS, 4, steps=[64]).names == ORDERS
+    assert studio.parse(cache, "bundled", 0, ORDERS, 4, steps=64).steps == (64,)
+    for steps, message in [
+        ([256, 64, 32], "at most 4 panels: 2 orders x 3 step counts make 6"),
+        ([64, 64], "each step count can be chosen only once"),
+        ([64, 0], "steps must be between 1 and 256"),
+        ([64, 2.5], "steps must be a whole number"),
+    ]:
+        with pytest.raises(studio.InputError, match=message) as err:
+            studio.parse(cache, "bundled", 0, ORDERS, 4, steps=steps)
+        assert err.value.field == "steps"
+
+
+def test_panels_at_fewer_steps_finish_sooner_and_look_as_they_do_alone(
+    cache: studio.ModelCache,
+) -> None:
+    """Side by side, each step count takes its own sampler steps in lockstep: after 32 steps
+    of the run the 32-step panel is whole while the 256-step one has 32 tokens; each comes
+    out as it does when run alone."""
+    request = studio.parse(cache, "bundled", 0, ["random"], 4, speed=512, steps=[256, 32])
+    pipe = cache.get("bundled")
+    groups = [
+        (
+            request.rows(n),
+            pipe.stream(0, request.permutations[request.rows(n)], 4, request.sampling_for(n)),
+            request.step_sizes(n),
+        )
+        for n in request.steps
+    ]
+    sampling = studio.Sampling(groups, steps_per_s=2_000)
+    sampling.start()
+    placed = list(itertools.accumulate(tokens_per_step("cosine", 32, 256)))
+    tick, seen = -1, 0
+    while not sampling.finished:
+        progress = sampling.newer_than(tick, timeout=1)
+        tick, seen = progress.tick, seen + 1
+        filled = (progress.canvas >= 0).sum(1).tolist()
+        assert filled == [tick + 1, placed[min(tick, 31)]], tick
+    sampling.join()
+    assert sampling.error is None and progress.done and progress.num_ticks == 256
+    assert seen > 10 and filled == [256, 256]
+    probs, entropy = sampling.stats()
+    assert probs.shape == entropy.shape == (256, 2)
+
+    last = list(studio.run(cache, request))[-1]
+    status = last.status
+    assert status.startswith("**Done**: 256 / 32 steps") and "256 / 32 steps (cosine)" in status
+    assert list(last.finals) == request.names == ["random · 256 steps", "random · 32 steps"]
+    for steps, name in zip(request.steps, request.names, strict=True):
+        alone = studio.parse(cache, "bundled", 0, ["random"], 4, speed=512, steps=steps)
+        *_, single = studio.run(cache, alone)
+        # The same tokens; decoding two pictures at once may round a pixel differently.
+        assert np.abs(single.finals["random"].astype(int) - last.finals[name]).max() <= 2
+    short, long = last.finals.values()
+    assert np.abs(short.astype(int) - long).max() > 50
 
 
 def test_a_run_shows_at_most_max_fps_frames_and_ends_with_everything(
