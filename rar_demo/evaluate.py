@@ -36,6 +36,7 @@ from .orders import make_order
 from .pipeline import Pipeline, load_pipeline
 from .render import sheet, stack, to_uint8
 from .sampler import StepEvent, generate
+from .train import group_class_map
 from .vqgan import to_tensor, tokenize
 
 ORDERS: tuple[str, ...] = ("raster", "random", "spiral", "checkerboard", "center-out")
@@ -97,18 +98,32 @@ def recognition_by_order(
     seed: int = 0,
     orders: Sequence[str] = ORDERS,
     sampling: SamplingConfig | None = None,
+    seeds: int = 1,
+    class_map: Tensor | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Top-1 / top-5 recognition of generated samples of `class_ids`, for each order."""
-    labels = torch.tensor(list(class_ids))
+    """Top-1 / top-5 recognition of generated samples of `class_ids` (`seeds` each), for each
+    order; `class_map` as for `metrics.recognition`."""
+    labels = torch.tensor(list(class_ids) * seeds)
+    orders_of = {order: [order] * len(class_ids) for order in orders}
     scores = {}
     for order in orders:
-        samples = draw(pipe, class_ids, [order] * len(class_ids), seed, sampling=sampling)
-        scores[order] = recognition(classifier, samples, labels)
+        samples = torch.cat(
+            [
+                draw(pipe, class_ids, orders_of[order], seed + s, sampling=sampling)
+                for s in range(seeds)
+            ]
+        )
+        scores[order] = recognition(classifier, samples, labels, class_map=class_map)
     return scores
 
 
 def recognition_by_steps(
-    pipe: Pipeline, classifier: torch.nn.Module, class_ids: Sequence[int], seed: int = 0
+    pipe: Pipeline,
+    classifier: torch.nn.Module,
+    class_ids: Sequence[int],
+    seed: int = 0,
+    seeds: int = 1,
+    class_map: Tensor | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Parallel decoding's quality: `recognition_by_order` in raster and random order at each
     of STEP_COUNTS sampler steps (cosine schedule)."""
@@ -120,6 +135,8 @@ def recognition_by_steps(
             seed,
             ("raster", "random"),
             pipe.sampling.with_(steps=steps, schedule="cosine"),
+            seeds,
+            class_map,
         )
         for steps in STEP_COUNTS
     }
@@ -219,26 +236,39 @@ def evaluate(
         "bundled", device=device, weights=weights, tokenizer_weights=tokenizer_weights
     )
     data = load_or_build(data_path)
-    if pipe.class_names != data.class_names:
-        raise SystemExit(
-            f"the bundled weights know {len(pipe.class_names)} classes, the dataset at "
-            f"{data_path} {len(data.class_names)}: evaluate weights trained on this dataset"
-        )
     classifier, classifier_classes = load_classifier(classifier_path)
     if classifier_classes != data.class_names:
         raise SystemExit(f"the classifier at {classifier_path} was trained on other classes")
     heldout = data.heldout_split()
     labels = torch.from_numpy(heldout.labels)
+    # Weights conditioned on the emoji groups (the first bundled model) are scored by group:
+    # a sample counts where the classifier names an emoji of its group.
+    groups, class_map = data.class_groups, None
+    if pipe.class_names != data.class_names:
+        if set(pipe.class_names) != set(data.class_groups):
+            raise SystemExit(
+                f"the bundled weights know {len(pipe.class_names)} classes, neither the "
+                f"dataset's emoji ({len(data.class_names)}) nor its groups: evaluate weights "
+                "trained on this dataset"
+            )
+        groups, class_map = tuple(pipe.class_names), group_class_map(groups, pipe.class_names)
+        labels = class_map[labels]
     codes = tokenize(pipe.tokenizer, data.images)  # every image once; held out ones included
     tokens = codes[torch.from_numpy(data.heldout)]
-    picked = spread_classes(data.class_groups, classes)
+    picked = spread_classes(groups, classes)
+    seeds = max(1, round(classes / len(picked)))  # groups: several samples each
+    scored = {"seeds": seeds, "class_map": class_map}
     metrics = {
         **tokenizer_metrics(pipe, data, codes),
         **{f"generator_{k}": v for k, v in heldout_nll(pipe.generator, tokens, labels).items()},
-        "classifier_heldout_real": recognition(classifier, to_tensor(heldout.images), labels),
+        "classifier_heldout_real": recognition(
+            classifier, to_tensor(heldout.images), labels, class_map=class_map
+        ),
+        "recognition_of": "emoji" if class_map is None else "group",
         "recognition_classes": len(picked),
-        "recognition": recognition_by_order(pipe, classifier, picked),
-        "recognition_by_steps": recognition_by_steps(pipe, classifier, picked),
+        "recognition_samples_per_class": seeds,
+        "recognition": recognition_by_order(pipe, classifier, picked, **scored),
+        "recognition_by_steps": recognition_by_steps(pipe, classifier, picked, **scored),
         "heldout_images": len(heldout),
         "bundled_bytes": sum(
             Path(p).stat().st_size
@@ -250,9 +280,9 @@ def evaluate(
     }
     out.mkdir(parents=True, exist_ok=True)
     if int8:
-        metrics |= compare_int8(pipe, out, spread_classes(data.class_groups, 0, floor=1))
+        metrics |= compare_int8(pipe, out, spread_classes(groups, 0, floor=1))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    sample_sheet(pipe, data.class_groups).save(out / "samples.png")
+    sample_sheet(pipe, groups).save(out / "samples.png")
     print(json.dumps(metrics))
     return metrics
 

@@ -132,3 +132,27 @@ def test_evaluate_writes_every_metric_and_the_sheet_for_candidate_weights(tmp_pa
     assert 0 <= metrics["classifier_heldout_real"]["top1"] <= 1
     assert metrics["generator_heldout_nll_raster"] > 0 and metrics["bundled_bytes"] > 0
     assert Image.open(out / "samples.png").height > 4 * 128  # 2 groups x 2 classes
+    assert metrics["recognition_of"] == "emoji"
+
+    # Weights conditioned on the groups (as the first bundled model): scored by group.
+    groups = ["Smileys & Emotion", "Flags"]
+    save_bundled(
+        RAR(generator_config("bundled", 2, 512)),
+        tmp_path / "groups.safetensors",
+        class_names=groups,
+    )
+    args[args.index("--classes") + 1] = "4"
+    main(
+        [
+            *args[:-1],
+            str(tmp_path / "groups.safetensors"),
+            "--out",
+            str(tmp_path / "by-group"),
+            "--tokenizer-weights",
+            str(tmp_path / "tokenizer.safetensors"),
+        ]
+    )
+    metrics = json.loads((tmp_path / "by-group" / "metrics.json").read_text())
+    assert metrics["recognition_of"] == "group" and metrics["recognition_classes"] == 2
+    assert metrics["recognition_samples_per_class"] == 2
+    assert tuple(metrics["recognition"]) == ORDERS and metrics["generator_heldout_nll_raster"] > 0

@@ -62,6 +62,16 @@ def test_recognition_counts_top1_and_top5() -> None:
     assert scores == {"top1": 0.25, "top5": 0.5}
 
 
+def test_recognition_of_groups_counts_a_guess_of_any_class_in_the_group() -> None:
+    """Ten classes in two groups (0-4 -> 0, 5-9 -> 1), class 9 ranked first, then 8, ...: every
+    top-1 guess is group 1, and the top-5 (9-5) are group 1 too."""
+    logits = torch.arange(10.0).repeat(3, 1)
+    images = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 3, 2, 2)
+    groups = torch.tensor([0] * 5 + [1] * 5)
+    scores = recognition(FixedLogits(logits), images, torch.tensor([1, 0, 1]), class_map=groups)
+    assert scores == {"top1": 0.6667, "top5": 0.6667}
+
+
 def test_recognition_of_a_tiny_trained_classifier() -> None:
     """A tiny EmojiClassifier learns four solid colours: it names them all, and scoring the
     same images under wrong labels gives 0 (top-5 of 4 classes is every class)."""
