@@ -420,9 +420,9 @@ def blank_panels(
 ) -> str | dict:
     """Hatched, labelled panels for the chosen orders and step counts: shown the moment they
     change or Generate is pressed, so no earlier picture stands under a new label."""
-    names = studio.panel_names(list(orders or []), list(steps or []))[: studio.MAX_PANELS]
-    if not names or not CACHE.has(model, runtime):
-        return gr.skip()
+    names = studio.panel_names(list(orders or []), list(steps or []))
+    if not names or len(names) > studio.MAX_PANELS or not CACHE.has(model, runtime):
+        return gr.skip()  # Generate says what is wrong
     render = studio.Renderer(CACHE, CACHE.get(model, runtime))
     return panels_html(dict(zip(names, render.blank(len(names)), strict=True)))
 

@@ -9,7 +9,9 @@ pretrained classifier: the emoji identity classifier (classifier.py, trained wit
 `train classifier`) names the emoji of samples drawn at the model's default settings, for
 --classes classes spread over every group, in each of ORDERS, and in raster and random order
 at STEP_COUNTS sampler steps (parallel decoding); its score on the real held-out artwork is
-the ceiling. Sheet: for each group, 2 classes x ORDERS x 2 seeds.
+the ceiling. Weights conditioned on the emoji groups (the first bundled model) are scored by
+group: a sample counts where the classifier names an emoji of its group. Sheet: for each
+group, 2 classes x ORDERS x 2 seeds.
 
 --int8 also compares the ONNX export in fp32 with its int8 version (int8.png, and metrics):
 greedy-token agreement, and the int8 decoder's PSNR against fp32 on the same tokens.
@@ -104,14 +106,11 @@ def recognition_by_order(
     """Top-1 / top-5 recognition of generated samples of `class_ids` (`seeds` each), for each
     order; `class_map` as for `metrics.recognition`."""
     labels = torch.tensor(list(class_ids) * seeds)
-    orders_of = {order: [order] * len(class_ids) for order in orders}
     scores = {}
     for order in orders:
+        names = [order] * len(class_ids)
         samples = torch.cat(
-            [
-                draw(pipe, class_ids, orders_of[order], seed + s, sampling=sampling)
-                for s in range(seeds)
-            ]
+            [draw(pipe, class_ids, names, seed + s, sampling=sampling) for s in range(seeds)]
         )
         scores[order] = recognition(classifier, samples, labels, class_map=class_map)
     return scores

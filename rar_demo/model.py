@@ -13,7 +13,8 @@ what lets one network generate in any order. adaLN conditioning at slot j is
 embed(condition) + timesteps_embeddings[j].
 
 Two paths: `forward` (teacher forcing, for training and parity) and `prefill` +
-`decode_step` against a preallocated, static-shape `KVCache` (for sampling). Decoding computes
+`decode_step` against a preallocated, static-shape `KVCache` (for sampling); `decode_round`
+feeds several inputs at once, with parallel decoding's queries. Decoding computes
 each step's adaLN modulation from the weights, as the official model does, unless the cache holds
 a `Modulation` table (`precompute_modulation`): the modulation depends only on (class, slot), and
 its weights are a third of the model, so the fast path computes it for every slot in one GEMM.
@@ -179,7 +180,7 @@ def attend_with_cache(
     One softmax over [cache scores, own scores] equals attention over the written cache, without
     first copying the new keys into it (a copy of the whole cache in an ONNX graph).
     """
-    T = int(k_cache.shape[2])  # a Python int: the ONNX export bakes it in (see Attention)
+    T = int(k_cache.shape[2])  # a Python int: the ONNX export bakes the cache length in
     scores = torch.cat([q @ k_cache.transpose(-2, -1), q @ k.transpose(-2, -1)], dim=-1)
     weights = (scores * scale + bias).softmax(-1)  # (B, H, N, T + N)
     return weights[..., :T] @ v_cache + weights[..., T:] @ v  # (B, H, N, hd)

@@ -81,8 +81,11 @@ class ModelSpec:
         for example in self.examples:
             if bad := set(example.orders) - set(ORDER_NAMES):
                 raise ValueError(f"{self.name}: example with unknown orders {sorted(bad)}")
-            if not all(1 <= n <= self.generator.image_seq_len for n in example.steps):
-                raise ValueError(f"{self.name}: example with steps {example.steps} out of range")
+            steps = example.steps
+            if len(set(steps)) < len(steps) or not all(
+                1 <= n <= self.generator.image_seq_len for n in steps
+            ):
+                raise ValueError(f"{self.name}: example with bad steps {steps}")
 
     def dtype(self, device: str | torch.device) -> torch.dtype:
         return self.gpu_dtype if torch.device(device).type == "cuda" else torch.float32

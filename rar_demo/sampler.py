@@ -126,7 +126,7 @@ def _validate(
     if labels.min() < 0 or labels.max() >= net.condition_num_classes:
         raise ValueError(f"class ids must be in [0, {net.condition_num_classes})")
     given = 0 if prompt is None else check_prompt(prompt.cpu(), orders, net.codebook_size)
-    step_sizes(config, net.image_seq_len, given)
+    step_sizes(config, net.image_seq_len, given)  # raises for a bad steps setting
     return given, prompt if given else None
 
 

@@ -329,6 +329,13 @@ def parse(
     else:
         pixels, regenerate = _edit_source(pipe, image, mask, int(seed))
         permutations = _field("mask", lambda: pipe.edit_orders(regenerate, panel_orders, int(seed)))
+        cells = int(regenerate.sum())
+        if sum(n >= cells for n in step_counts) > 1:
+            raise InputError(
+                "steps",
+                f"this edit regenerates {cells} cells, so every step count from {cells} up "
+                "takes one token per cell: choose only one of those",
+            )
     return Request(
         model,
         class_id,
@@ -346,7 +353,8 @@ def parse(
 
 
 def _step_counts(steps: object, L: int) -> tuple[int, ...]:
-    """`steps` (a count, several, or None: L) as distinct whole numbers in [1, L]."""
+    """`steps` (a count, several, or None: L) as distinct whole numbers in [1, L], most first
+    (the panels' order does not depend on the order they were ticked in)."""
     if steps is None or (isinstance(steps, list | tuple) and not steps):
         return (L,)
     counts = []
@@ -357,7 +365,7 @@ def _step_counts(steps: object, L: int) -> tuple[int, ...]:
         if int(n) in counts:
             raise InputError("steps", "each step count can be chosen only once")
         counts.append(int(n))
-    return tuple(counts)
+    return tuple(sorted(counts, reverse=True))
 
 
 def _edit_source(
@@ -391,7 +399,7 @@ class Update:
     """One state of the outputs: each field a new value, None to clear it, or KEEP."""
 
     status: str
-    panels: dict[str, np.ndarray] | Keep = KEEP  # order name -> (H, W, 3) uint8, shown live
+    panels: dict[str, np.ndarray] | Keep = KEEP  # panel name -> (H, W, 3) uint8, shown live
     finals: dict[str, np.ndarray] | Keep | None = KEEP  # the finished images, to keep
     animation: str | Keep | None = KEEP  # a file path
     order_plot: Figure | Keep | None = KEEP

@@ -335,8 +335,9 @@ def grow(model: RAR, source: RAR, class_map: Tensor | None = None) -> None:
 
 
 def group_class_map(class_groups: tuple[str, ...], source_classes: tuple[str, ...]) -> Tensor:
-    """(C,) for `grow`: each class starts from the source class named after its group (the
-    first bundled model was conditioned on the emoji groups), else from source class 0."""
+    """(C,) each class's source class: the one named after its group (the first bundled model
+    was conditioned on the emoji groups), else class 0. `grow` starts each class from it;
+    evaluate scores group-conditioned weights by it."""
     index = {name: i for i, name in enumerate(source_classes)}
     return torch.tensor([index.get(group, 0) for group in class_groups])
 

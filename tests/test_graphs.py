@@ -13,9 +13,10 @@ from conftest import TINY_RAR
 from torch import nn
 
 from rar_demo.backends import TorchExecutor
-from rar_demo.backends.graphs import GraphExecutor
+from rar_demo.backends.graphs import CAPTURE_AFTER, GraphExecutor
 from rar_demo.config import SamplingConfig
 from rar_demo.model import RAR
+from rar_demo.orders import kept_first
 from rar_demo.pipeline import load_pipeline
 from rar_demo.registry import spec
 from rar_demo.sampler import generate, stream, tokens_per_step
@@ -108,6 +109,7 @@ def test_each_round_shape_has_its_own_buffers_kept_for_the_next_generation() -> 
     gc.collect()
     (again,) = executor._pool[(2, 2)]
     assert again is buffers and all(again.rounds[k] is rounds[k] for k in shapes)
+    assert all(r.runs >= 2 for r in again.rounds.values())  # a GPU captures them now
 
 
 def test_bf16_static_step_follows_fp32() -> None:
@@ -144,14 +146,21 @@ def test_cuda_graph_replay_equals_eager_steps() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_graph_rounds_equal_eager_rounds() -> None:
-    """Parallel decoding (and an edit's prefill) with every round after the first replayed
-    from its captured graph."""
+    """Parallel decoding, and an edit's prefill before it, with every round after the first
+    replayed from its graph once the shape has run CAPTURE_AFTER times."""
     labels, orders = torch.tensor([2, 0, 1]), _orders(3)
+    keep = torch.zeros(L, dtype=torch.bool)
+    keep[: L // 4] = True
+    prompt = torch.where(keep, torch.arange(L) % TINY_RAR.codebook_size, -1).expand(3, -1)
+    edit_orders = kept_first(orders, keep)
     config = SAMPLE.with_(steps=6)
-    expected = generate(TorchExecutor(_model(device="cuda")), labels, orders, config, seed=2)
+    eager = TorchExecutor(_model(device="cuda"))
     executor = GraphExecutor(_model(device="cuda"))
-    for _ in range(2):  # the second run replays the graphs captured by the first
-        assert torch.equal(generate(executor, labels, orders, config, seed=2), expected)
+    for order, given in ((orders, None), (edit_orders, prompt)):
+        expected = generate(eager, labels, order, config, 2, given)
+        for _ in range(CAPTURE_AFTER + 1):  # the last runs replay the captured graphs
+            assert torch.equal(generate(executor, labels, order, config, 2, given), expected)
+    gc.collect()
     (decoder,) = executor._pool[(6, 3)]
     assert decoder.rounds and all(r.graph is not None for r in decoder.rounds.values())
 

@@ -170,6 +170,17 @@ def test_step_counts_make_panels_of_each_order_at_each(cache: studio.ModelCache)
     assert torch.equal(request.rows(64), torch.tensor([1, 3]))
     assert request.sampling_for(256).steps is None and request.sampling_for(64).steps == 64
     assert studio.parse(cache, "bundled", 0, ORDERS, 4, steps=[64]).names == ORDERS
+    # Most steps first, however they were ticked.
+    assert studio.parse(cache, "bundled", 0, ["random"], 4, steps=[64, 256]).steps == (256, 64)
+    # An edit of 64 cells: 128 and 256 steps would both take one token per cell.
+    edit = {"image": _picture(), "mask": "center"}
+    assert studio.parse(cache, "bundled", 0, ["random"], 4, steps=[256, 32], **edit).steps == (
+        256,
+        32,
+    )
+    with pytest.raises(studio.InputError, match="regenerates 64 cells") as err:
+        studio.parse(cache, "bundled", 0, ["random"], 4, steps=[256, 128], **edit)
+    assert err.value.field == "steps"
     assert studio.parse(cache, "bundled", 0, ORDERS, 4, steps=64).steps == (64,)
     for steps, message in [
         ([256, 64, 32], "at most 4 panels: 2 orders x 3 step counts make 6"),

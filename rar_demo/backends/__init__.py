@@ -1,4 +1,5 @@
-"""What the sampler runs: an executor steps the generator one token per sample against a cache.
+"""What the sampler runs: an executor steps the generator against a cache, one token per
+sample (`decode_step`) or several (`decode_round`, parallel decoding).
 
 `RAR` is itself an executor (the reference path: adaLN computed at every step). `TorchExecutor`
 adds the fast path, and `backends.onnx.OnnxExecutor` runs an ONNX export with ONNX Runtime.

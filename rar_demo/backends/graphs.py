@@ -8,13 +8,14 @@ modulation table, the step's inputs and its logits. The model's static decode st
 (`RAR.decode_step` with a tensor `step`) attends over the whole cache with the slots not yet
 written masked out, so one graph serves all 255 steps. Parallel decoding's rounds (several
 inputs and queries, `RAR.decode_round`) get one graph per round shape (N inputs, Q queries),
-captured the first time a schedule uses it and kept with the buffers; the first round of a
-generation (the prefill, and an edit's given tokens) runs eagerly.
+captured the second time that shape runs (so an edit's one-off shapes stay eager) and kept
+with the buffers, all of them in one memory pool; the first round of a generation (the
+prefill, and an edit's given tokens) runs eagerly.
 
-Optionally the step is first compiled with `torch.compile` (fusing the norm, modulate, gate and
-residual elementwise kernels); Hugging Face ZeroGPU does not allow compiling at runtime, so it
-is off unless asked for. On a CPU there is nothing to capture and the same static step runs
-eagerly, which is how the tests check it.
+Optionally the one-token step is first compiled with `torch.compile` (fusing the norm,
+modulate, gate and residual elementwise kernels; rounds are not compiled); Hugging Face ZeroGPU
+does not allow compiling at runtime, so it is off unless asked for. On a CPU there is nothing
+to capture and the same static step runs eagerly, which is how the tests check it.
 """
 
 from __future__ import annotations
@@ -24,14 +25,16 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..model import RAR, KVCache, Modulation, SlotInputs
+from ..model import RAR, KVCache, Modulation, SlotInputs, prefill_inputs
 from . import TorchExecutor
 
 Key = tuple[int, int]  # (batch size, distinct labels): the shapes a graph is captured for
+CAPTURE_AFTER = 2  # a round shape is captured the second time it runs
 
 
 @dataclass
@@ -47,17 +50,22 @@ class StepBuffers:
     logits: Tensor | None = None  # (B, V) written by every run; the graph's output
     graph: torch.cuda.CUDAGraph | None = None
     rounds: dict[tuple[int, int], RoundBuffers] = field(default_factory=dict)  # by (N, Q)
+    # One memory pool for all the round graphs: a generation replays its rounds one after
+    # another on one stream, and each round's logits are read before the next replay, so
+    # a round's scratch memory may be the next one's.
+    round_pool: Any = None
 
 
 @dataclass
 class RoundBuffers:
     """A round of parallel decoding's inputs (N of them, Q queries), against the cache of
-    its `StepBuffers`; one captured graph per (N, Q) a schedule uses."""
+    its `StepBuffers`; captured as a graph once the shape comes back (CAPTURE_AFTER)."""
 
     first_slot: Tensor  # () the first real input's slot, on the device
     inputs: SlotInputs  # (B, N) each
     logits: Tensor | None = None  # (B, 1 + Q, V)
     graph: torch.cuda.CUDAGraph | None = None
+    runs: int = 0
 
 
 @dataclass
@@ -71,10 +79,11 @@ class Lease:
 
 
 class GraphExecutor(TorchExecutor):
-    """TorchExecutor's fast path, every decode step replayed from one CUDA graph per `Key`.
+    """TorchExecutor's fast path, every decode step replayed from one CUDA graph per `Key`
+    (and every round of parallel decoding from one per round shape).
 
-    Generations may run concurrently (each takes its own buffers from the pool); the logits a
-    step returns are a buffer that the next step of the same generation overwrites.
+        Generations may run concurrently (each takes its own buffers from the pool); the logits a
+        step returns are a buffer that the next step of the same generation overwrites.
     """
 
     def __init__(self, model: RAR, compile: bool = False) -> None:
@@ -94,14 +103,15 @@ class GraphExecutor(TorchExecutor):
         return Lease(batch_size)
 
     def prefill(self, lease: Lease, labels: Tensor, first_positions: Tensor) -> Tensor:
-        cache = self._take_buffers(lease, labels)
-        return self.model.prefill(cache, labels, first_positions)
+        inputs = prefill_inputs(self.config, labels, first_positions)
+        return self.decode_round(lease, 0, inputs, 0, labels)[:, 0]
 
     def decode_round(
         self, lease: Lease, first_slot: int, inputs: SlotInputs, queries: int, labels: Tensor
     ) -> Tensor:
         """`RAR.decode_round`; the first round (the prefill, with an edit's given tokens) runs
-        eagerly, each later one replays the graph captured for its (N, Q) shape."""
+        eagerly, each later one from the graph of its (N, Q) shape once that shape has run
+        CAPTURE_AFTER times (an edit's one-off shapes are never captured)."""
         if first_slot == 0:
             cache = self._take_buffers(lease, labels)
             return self.model.decode_round(cache, 0, inputs, queries, labels)
@@ -116,10 +126,13 @@ class GraphExecutor(TorchExecutor):
         for dst, src in zip(r.inputs, inputs, strict=True):
             dst.copy_(src)
         run = partial(self._run_round, buffers, r, queries)
-        if not self.captures:
+        r.runs += 1
+        if not self.captures or (r.graph is None and r.runs < CAPTURE_AFTER):
             return run()
         if r.graph is None:
-            r.graph, r.logits = self._capture(run)
+            if buffers.round_pool is None:
+                buffers.round_pool = torch.cuda.graph_pool_handle()
+            r.graph, r.logits = self._capture(run, buffers.round_pool)
         r.graph.replay()
         return r.logits
 
@@ -203,10 +216,13 @@ class GraphExecutor(TorchExecutor):
             labels=labels.clone(),
         )
 
-    def _capture(self, run: Callable[[], Tensor]) -> tuple[torch.cuda.CUDAGraph, Tensor]:
+    def _capture(
+        self, run: Callable[[], Tensor], pool: Any = None
+    ) -> tuple[torch.cuda.CUDAGraph, Tensor]:
         """Captures `run` (a step or round on its buffers' current inputs): the graph, and its
         output buffer. The warm-up runs (kernel selection, compilation) write the current
-        slots, which the replay that follows rewrites with the same values."""
+        slots, which the replay that follows rewrites with the same values. Capture errors
+        are this thread's only: another generation may run (or capture) meanwhile."""
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
@@ -214,6 +230,6 @@ class GraphExecutor(TorchExecutor):
                 run()
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
             out = run()
         return graph, out

@@ -134,6 +134,8 @@ class OnnxExecutor:
         table. Returns the (B, 1 + Q, V) logits."""
         if first_slot == 0:
             self._modulation_table(cache, labels)
+        elif cache.modulation is None:
+            raise ValueError("start a generation with its first round (slot 0) or prefill")
         layers, B, H, T, hd = cache.k.shape
         N = inputs.ids.shape[1]
         R = N - queries
