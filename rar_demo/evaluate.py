@@ -69,26 +69,30 @@ def draw(
     pipe: Pipeline,
     class_ids: Sequence[int],
     orders: Sequence[str],
-    seed: int,
+    seed: int | Sequence[int],
     batch_size: int = 128,
     sampling: SamplingConfig | None = None,
 ) -> Tensor:
-    """(N, 3, H, W) samples of class_ids[i] in orders[i] at the default settings (or
-    `sampling`), in batches; a random order is drawn anew for every class."""
-    if len(class_ids) != len(orders):
-        raise ValueError("one order name per class id")
+    """(N, 3, H, W) samples of class_ids[i] in orders[i] with seed (or seed[i]), at the default
+    settings (or `sampling`), in batches. Each (class, seed) has its own noise and its own
+    random order: samples with other seeds, or beside other samples, do not change it."""
+    seeds = [seed] * len(class_ids) if isinstance(seed, int) else list(seed)
+    if not len(class_ids) == len(orders) == len(seeds):
+        raise ValueError("one order name (and one seed, if several) per class id")
+    C = len(pipe.class_names)
+    streams = [s * C + c for c, s in zip(class_ids, seeds, strict=True)]
     images = []
     for start in range(0, len(class_ids), batch_size):
-        ids, names = class_ids[start : start + batch_size], orders[start : start + batch_size]
+        batch = slice(start, start + batch_size)
         permutations = torch.stack(
             [
-                make_order(name, *pipe.grid, seed=seed * len(pipe.class_names) + c)
-                for c, name in zip(ids, names, strict=True)
+                make_order(name, *pipe.grid, seed=stream)
+                for name, stream in zip(orders[batch], streams[batch], strict=True)
             ]
         )
-        labels = torch.tensor(list(ids))
+        labels = torch.tensor(list(class_ids[batch]))
         config = sampling or pipe.sampling
-        canvas = generate(pipe.executor, labels, permutations, config, seed + start)
+        canvas = generate(pipe.executor, labels, permutations, config, streams[batch])
         images.append(pipe.decode(canvas))
     return torch.cat(images)
 
@@ -103,16 +107,14 @@ def recognition_by_order(
     seeds: int = 1,
     class_map: Tensor | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Top-1 / top-5 recognition of generated samples of `class_ids` (`seeds` each), for each
-    order; `class_map` as for `metrics.recognition`."""
-    labels = torch.tensor(list(class_ids) * seeds)
+    """Top-1 / top-5 recognition of generated samples of `class_ids` (`seeds` each, drawn in
+    one batched run), for each order; `class_map` as for `metrics.recognition`."""
+    ids = list(class_ids) * seeds
+    per_sample = [seed + s for s in range(seeds) for _ in class_ids]
     scores = {}
     for order in orders:
-        names = [order] * len(class_ids)
-        samples = torch.cat(
-            [draw(pipe, class_ids, names, seed + s, sampling=sampling) for s in range(seeds)]
-        )
-        scores[order] = recognition(classifier, samples, labels, class_map=class_map)
+        samples = draw(pipe, ids, [order] * len(ids), per_sample, sampling=sampling)
+        scores[order] = recognition(classifier, samples, torch.tensor(ids), class_map=class_map)
     return scores
 
 

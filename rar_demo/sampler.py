@@ -11,7 +11,7 @@ out the same whether it is generated alone or next to others.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -65,10 +65,26 @@ def filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Ten
     return logits
 
 
-def draw_uniforms(seed: int, batch_size: int, num_steps: int) -> Tensor:
-    """(B, L) uniforms, the same stream for every sample: one seed means one noise sequence."""
-    gen = torch.Generator().manual_seed(seed)
-    return torch.rand(num_steps, generator=gen, dtype=torch.float64).expand(batch_size, -1)
+Seeds = int | Sequence[int]  # one for every sample, or one per sample
+
+
+def per_sample(seed: Seeds, batch_size: int) -> list[int]:
+    """`seed` as one seed per sample; ValueError for a wrong count."""
+    seeds = [seed] * batch_size if isinstance(seed, int) else [int(s) for s in seed]
+    if len(seeds) != batch_size:
+        raise ValueError(f"give one seed, or one per sample ({batch_size}), got {len(seeds)}")
+    return seeds
+
+
+def draw_uniforms(seed: Seeds, batch_size: int, num_steps: int) -> Tensor:
+    """(B, L) uniforms, each sample's stream from its seed: one seed for all samples means one
+    noise sequence, the same for every sample."""
+    seeds = per_sample(seed, batch_size)
+    streams = {
+        s: torch.rand(num_steps, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+        for s in set(seeds)
+    }
+    return torch.stack([streams[s] for s in seeds])
 
 
 def _pick(probs: Tensor, uniforms: Tensor | None) -> Tensor:
@@ -112,6 +128,7 @@ def _validate(
     labels: Tensor,
     orders: Tensor,
     config: SamplingConfig,
+    seed: Seeds,
     prompt: Tensor | None,
 ) -> tuple[int, Tensor | None]:
     """Checks everything before any work: (the prompt's given cells, the prompt, or None
@@ -125,6 +142,7 @@ def _validate(
         raise ValueError(f"labels must have shape ({B},), got {tuple(labels.shape)}")
     if labels.min() < 0 or labels.max() >= net.condition_num_classes:
         raise ValueError(f"class ids must be in [0, {net.condition_num_classes})")
+    per_sample(seed, B)
     given = 0 if prompt is None else check_prompt(prompt.cpu(), orders, net.codebook_size)
     step_sizes(config, net.image_seq_len, given)  # raises for a bad steps setting
     return given, prompt if given else None
@@ -135,18 +153,19 @@ def stream(
     labels: Tensor,
     orders: Tensor,
     config: SamplingConfig,
-    seed: int = 0,
+    seed: Seeds = 0,
     prompt: Tensor | None = None,
 ) -> Iterator[StepEvent]:
     """Generates one image per row of `orders`, yielding a StepEvent after every step.
 
     labels (B,) class ids in [0, C); orders (B, L) with orders[b, i] the raster position of
-    step i. prompt (B, L): an edit's given tokens by raster position, -1 where to generate;
-    the orders visit the given cells first (see `check_prompt`). Bad arguments raise
-    ValueError here, before any work. Stop at any time by abandoning or closing the iterator:
-    the KV cache is local to the generation and goes with it.
+    step i; seed: one for all samples, or one per sample. prompt (B, L): an edit's given
+    tokens by raster position, -1 where to generate; the orders visit the given cells first
+    (see `check_prompt`). Bad arguments raise ValueError here, before any work. Stop at any
+    time by abandoning or closing the iterator: the KV cache is local to the generation and
+    goes with it.
     """
-    given, prompt = _validate(executor, labels, orders, config, prompt)
+    given, prompt = _validate(executor, labels, orders, config, seed, prompt)
     return _events(executor, labels, orders, config, seed, prompt, given)
 
 
@@ -155,7 +174,7 @@ def generate(
     labels: Tensor,
     orders: Tensor,
     config: SamplingConfig,
-    seed: int = 0,
+    seed: Seeds = 0,
     prompt: Tensor | None = None,
 ) -> Tensor:
     """Generates without streaming; returns the (B, L) tokens by raster position, on the CPU.
@@ -163,7 +182,7 @@ def generate(
     The same tokens as `stream`, but nothing leaves the device until the end, so on a GPU the
     host queues steps ahead of the kernels instead of waiting for each one.
     """
-    _, prompt = _validate(executor, labels, orders, config, prompt)
+    _, prompt = _validate(executor, labels, orders, config, seed, prompt)
     orders = orders.to(executor.device)
     B, L = orders.shape
     canvas = torch.empty((B, L), dtype=torch.long, device=executor.device)
@@ -181,7 +200,7 @@ def _events(
     labels: Tensor,
     orders: Tensor,
     config: SamplingConfig,
-    seed: int,
+    seed: Seeds,
     prompt: Tensor | None,
     given: int,
 ) -> Iterator[StepEvent]:
@@ -265,7 +284,7 @@ def _sample(
     labels: Tensor,
     orders: Tensor,
     config: SamplingConfig,
-    seed: int,
+    seed: Seeds,
     prompt: Tensor | None = None,
 ) -> Iterator[tuple[int, Tensor, Tensor]]:
     """Yields (first step, tokens (B, k), probs (B, k, V)) per step of `config.steps`, on the

@@ -52,8 +52,13 @@ def test_samples_are_drawn_per_class_and_order_in_batches(pipe) -> None:
     side = pipe.tokenizer.config.resolution
     assert images.shape == (3, 3, side, side)
     torch.testing.assert_close(images, draw(pipe, ids, orders, seed=3, batch_size=2))
-    with pytest.raises(ValueError, match="one order name per class"):
+    with pytest.raises(ValueError, match="one order name"):
         draw(pipe, ids, orders[:2], seed=0)
+    # Seeds per sample, batched: each (class, seed) as drawn with that seed alone.
+    mixed = draw(pipe, [0, 1, 0], ["raster", "random", "spiral"], [3, 5, 3], batch_size=3)
+    torch.testing.assert_close(mixed[[0, 2]], images[[0, 2]], atol=1e-5, rtol=0)
+    single = draw(pipe, [1], ["random"], 5)
+    torch.testing.assert_close(mixed[1:2], single, atol=1e-5, rtol=0)
     fast = pipe.sampling.with_(steps=16, schedule="cosine")
     assert not torch.equal(draw(pipe, ids, orders, seed=3, sampling=fast), images)
 

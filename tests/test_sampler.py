@@ -181,6 +181,21 @@ def test_fixed_seed_reproduces_and_seeds_differ(model) -> None:
     assert not torch.equal(runs[1], runs[2])
 
 
+@pytest.mark.parametrize("steps", [None, 4], ids=["one-per-step", "steps4"])
+def test_a_seed_per_sample_gives_each_the_image_of_its_seed_alone(model, steps) -> None:
+    """Samples of one batch with seeds of their own (several requests in one run): each as
+    generated alone with its seed, guided and with several tokens per step too."""
+    labels, orders = torch.tensor([0, 3, 3]), _orders(None, 5, 5)
+    config = SamplingConfig(guidance_scale=3.0, steps=steps)
+    batched = generate(model, labels, orders, config, seed=[4, 9, 4])
+    for b, seed in enumerate([4, 9, 4]):
+        alone = generate(model, labels[b : b + 1], orders[b : b + 1], config, seed=seed)
+        assert torch.equal(batched[b : b + 1], alone), f"sample {b}"
+    assert not torch.equal(batched[1], batched[2])  # same class and order, other seed
+    with pytest.raises(ValueError, match="one seed, or one per sample"):
+        stream(model, labels, orders, config, seed=[1, 2])
+
+
 def test_greedy_ignores_the_seed(model) -> None:
     labels, orders = torch.tensor([0, 3]), _orders(None, 5)
     assert torch.equal(
