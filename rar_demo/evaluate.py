@@ -214,7 +214,9 @@ def sample_sheet(pipe: Pipeline, groups: Sequence[str], seeds: int = 2) -> Image
             list(to_uint8(row)),
             [f"{o[:6]} s{s}" for o in ORDERS for s in range(seeds)],
             scale=2,
-            footer=f"{groups[c]}: {pipe.class_names[c]}",
+            footer=pipe.class_names[c]
+            if groups[c] == pipe.class_names[c]  # weights conditioned on the groups
+            else f"{groups[c]}: {pipe.class_names[c]}",
         )
         for c, row in zip(picked, panels, strict=True)
     ]
