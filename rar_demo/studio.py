@@ -200,7 +200,9 @@ class Request:
 
     def rows(self, steps: int) -> Tensor:
         """The panels (rows of `permutations`) that take `steps` steps."""
-        return torch.tensor([i for i, n in enumerate(self.steps * len(self.orders)) if n == steps])
+        return torch.tensor(
+            [i for i, (_, n) in enumerate(panels(self.orders, self.steps)) if n == steps]
+        )
 
     def step_sizes(self, steps: int) -> list[int]:
         """Tokens per sampler step of the panels that take `steps` steps (an edit with fewer
@@ -213,12 +215,17 @@ class Request:
         return self.class_name.split(",")[0]  # ImageNet names list synonyms after a comma
 
 
+def panels(orders: Sequence[str], steps: Sequence[int]) -> list[tuple[str, int]]:
+    """The panels of `orders` x `steps`, as (order, step count): each order at each count, in
+    that order. The one definition of the panels' layout."""
+    return [(order, n) for order in orders for n in steps]
+
+
 def panel_names(orders: Sequence[str], steps: Sequence[int]) -> list[str]:
-    """Labels for the panels of `orders` x `steps` (each order at each step count, in that
-    order): just the order's name where every panel takes the same steps."""
+    """The panels' labels: just the order's name where every panel takes the same steps."""
     if len(steps) <= 1:
         return list(orders)
-    return [f"{order} · {n} steps" for order in orders for n in steps]
+    return [f"{order} · {n} steps" for order, n in panels(orders, steps)]
 
 
 class InputError(ValueError):
@@ -285,14 +292,14 @@ def parse(
         _field("orders", lambda name=name: check_order_name(name))
     L = entry.generator.image_seq_len
     step_counts = _step_counts(steps, L)
-    panels = len(orders) * len(step_counts)
-    if panels > MAX_PANELS and len(step_counts) == 1:
+    count = len(orders) * len(step_counts)
+    if count > MAX_PANELS and len(step_counts) == 1:
         raise InputError("orders", f"choose at most {MAX_PANELS} orders, got {len(orders)}")
-    if panels > MAX_PANELS:
+    if count > MAX_PANELS:
         raise InputError(
             "steps",
             f"at most {MAX_PANELS} panels: {len(orders)} orders x {len(step_counts)} step "
-            f"counts make {panels}",
+            f"counts make {count}",
         )
     seed = _number("seed", "seed", seed, SEED_RANGE)
     if seed != int(seed):
@@ -313,17 +320,16 @@ def parse(
         if top_k is None
         else int(_number("top_k", "top-k", top_k, TOP_K_RANGE)) or None,
     )
-    parallel = [n for n in step_counts if n < L]
-    checked = _field("schedule", lambda: sampling.with_(steps=min(step_counts), schedule=schedule))
-    if parallel:  # one token per step has no schedule: the request keeps the model's defaults
-        sampling = checked.with_(steps=None)
+    checked = _field("schedule", lambda: sampling.with_(schedule=schedule))
+    if any(n < L for n in step_counts):  # one token per step has no schedule: keep the default
+        sampling = checked
     if not load and not cache.has(model, runtime):
         return None
 
     pipe = cache.get(model, runtime)
     class_id = _field("class_name", lambda: pipe.class_id("" if class_name is None else class_name))
     pixels = regenerate = None
-    panel_orders = [order for order in orders for _ in step_counts]
+    panel_orders = [order for order, _ in panels(orders, step_counts)]
     if image is None and mask is None:
         permutations = pipe.orders(panel_orders, int(seed))
     else:
@@ -355,10 +361,11 @@ def parse(
 def _step_counts(steps: object, L: int) -> tuple[int, ...]:
     """`steps` (a count, several, or None: L) as distinct whole numbers in [1, L], most first
     (the panels' order does not depend on the order they were ticked in)."""
-    if steps is None or (isinstance(steps, list | tuple) and not steps):
+    values = list(steps) if isinstance(steps, list | tuple) else [] if steps is None else [steps]
+    if not values:
         return (L,)
     counts = []
-    for value in steps if isinstance(steps, list | tuple) else [steps]:
+    for value in values:
         n = _number("steps", "steps", value, (1, L))
         if n != int(n):
             raise InputError("steps", f"steps must be a whole number, got {n}")
@@ -644,7 +651,7 @@ def run(
     names = request.names
     render = Renderer(cache, pipe)
     about = _describe(request)
-    distinct = request.permutations[:: len(request.steps)]  # an order repeats per step count
+    distinct = request.permutations[request.rows(request.steps[0])]  # each order once
     order_plot = plots.order_heatmaps(request.orders, distinct, pipe.grid, request.kept_cells)
     # An edit shows the cells it keeps from the start.
     prompt = request.prompt(pipe, len(names))
@@ -670,7 +677,6 @@ def run(
             given,
         )
         groups.append((rows, events, request.step_sizes(steps)))
-    rounds = [len(counts) for *_, counts in groups]
     start = clock()
     sampling = Sampling(groups, request.speed)
     scale = display_scale(pipe.tokenizer.config.resolution)
@@ -703,12 +709,12 @@ def run(
     progress, seconds = sampling.latest, clock() - start
     if progress is None or not progress.done:
         taken = 0 if progress is None else progress.tick + 1
-        yield Update(status=f"**Stopped at step {taken} / {max(rounds)}** · {about}")
+        yield Update(status=f"**Stopped at step {taken} / {sampling.num_ticks}** · {about}")
         return
     stats = plots.step_curves(names, *sampling.stats())
     finals = to_uint8(pipe.decode(progress.canvas))
     final_panels = dict(zip(names, finals, strict=True))
-    steps = " / ".join(map(str, rounds))
+    steps = " / ".join(str(len(counts)) for *_, counts in groups)
     summary = f"**Done**: {steps} steps in {seconds:.1f} s · {about}"
     yield Update(status=f"{summary} · preparing the animation…", panels=final_panels)
 

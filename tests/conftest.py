@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -19,6 +20,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no version check over the network
 
 from rar_demo.config import RARConfig, SamplingConfig, VQGANConfig
+from rar_demo.data import EmojiDataset
 from rar_demo.registry import ModelSpec
 
 # The test models are tiny: one intra-op thread beats two that wait on each other, and keeps
@@ -152,3 +154,17 @@ def count_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(pipe, "stream", counted)
     return steps
+
+
+def random_emoji_data(classes: tuple, n: int, heldout_every: int, path: Path) -> Path:
+    """A dataset file of `n` random 64 px images cycling over `classes` and the three artwork
+    sets, every `heldout_every`-th one held out."""
+    rng = np.random.default_rng(0)
+    EmojiDataset(
+        images=rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8),
+        labels=np.arange(n) % len(classes),
+        styles=np.arange(n) % 3,
+        heldout=np.arange(n) % heldout_every == 0,
+        classes=classes,
+    ).save(path)
+    return path

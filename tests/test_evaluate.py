@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-import numpy as np
 import pytest
 import torch
+from conftest import random_emoji_data
 from PIL import Image
 
 from rar_demo.classifier import EmojiClassifier
 from rar_demo.config import VQGAN_PRESETS, ClassifierConfig
-from rar_demo.data import EmojiClass, EmojiDataset
+from rar_demo.data import EmojiClass
 from rar_demo.evaluate import (
     ORDERS,
     STEP_COUNTS,
@@ -102,20 +102,11 @@ def test_int8_comparison_on_the_bundled_model(pipe, tmp_path, monkeypatch) -> No
 def test_evaluate_writes_every_metric_and_the_sheet_for_candidate_weights(tmp_path) -> None:
     """`python -m rar_demo.evaluate --weights ... --tokenizer-weights ...` end to end, on a
     tiny dataset with random weights at the bundled model's sizes."""
-    rng = np.random.default_rng(0)
     classes = tuple(
         EmojiClass(chr(0x1F600 + i), f"face {i}", "Smileys & Emotion" if i < 3 else "Flags", "x")
         for i in range(6)
     )
-    n = 24
-    data = EmojiDataset(
-        images=rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8),
-        labels=np.arange(n) % len(classes),
-        styles=np.arange(n) % 3,
-        heldout=np.arange(n) % 4 == 0,
-        classes=classes,
-    )
-    data.save(tmp_path / "data.npz")
+    random_emoji_data(classes, 24, 4, tmp_path / "data.npz")
     names = [c.name for c in classes]
     torch.manual_seed(0)
     generator = RAR(generator_config("bundled", len(classes), 512))

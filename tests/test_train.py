@@ -8,11 +8,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_RAR
+from conftest import TINY_RAR, random_emoji_data
 
 from rar_demo.classifier import load_classifier
 from rar_demo.config import RAR_PRESETS, VQGANConfig
-from rar_demo.data import EmojiClass, EmojiDataset
+from rar_demo.data import EmojiClass
 from rar_demo.hub import load_generator, load_tokenizer
 from rar_demo.model import RAR
 from rar_demo.orders import sample_orders
@@ -180,18 +180,7 @@ CLASSES = tuple(
 
 @pytest.fixture
 def tiny_dataset(tmp_path):
-    rng = np.random.default_rng(0)
-    n = 40
-    data = EmojiDataset(
-        images=rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8),
-        labels=np.arange(n) % len(CLASSES),
-        styles=np.arange(n) % 3,
-        heldout=np.arange(n) % 10 == 0,
-        classes=CLASSES,
-    )
-    path = tmp_path / "data.npz"
-    data.save(path)
-    return path
+    return random_emoji_data(CLASSES, 40, 10, tmp_path / "data.npz")
 
 
 def test_training_runs_resume_and_export(tiny_dataset, tmp_path, capsys) -> None:

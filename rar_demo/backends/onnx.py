@@ -142,14 +142,13 @@ class OnnxExecutor:
         slots, mod_slots = round_slots(first_slot, R, queries, self.device)
         logits = torch.empty(B, N, self.config.codebook_size, device=self.device)
         k, v = torch.empty(2, layers, B, H, N, hd, device=self.device)
+        bias = cache_bias(T, slots, torch.float32, queries)  # slots from `first_slot` on masked
         feeds = {
             "ids": inputs.ids,
             "pos_rows": inputs.pos_rows,
             "target_rows": inputs.target_rows,
             "mod_slots": mod_slots,
-            "bias": cache_bias(
-                T, slots, torch.float32, queries
-            ),  # slots from `first_slot` on masked
+            "bias": bias,
             "rows": cache.modulation.rows,
             "table": cache.modulation.table,
             **dict(zip(cache_names(layers), [*cache.k, *cache.v], strict=True)),
