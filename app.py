@@ -21,7 +21,6 @@ import gradio as gr
 import numpy as np
 import torch
 from gradio.components.plot import PlotData
-from gradio.processing_utils import encode_plot_to_base64
 from PIL import Image
 
 from rar_demo import studio
@@ -53,6 +52,10 @@ CACHE = studio.ModelCache(
     compile=os.environ.get("RAR_DEMO_COMPILE") == "1",
 )
 RUNTIME_CHOICES = studio.runtimes(os.environ)
+# Runs that queue up share batches; on ZeroGPU each run is a GPU call of its own (a forked
+# worker), so each samples alone there.
+BATCHER = None if studio.zero_gpu(os.environ) else studio.Batcher(CACHE)
+RUNS = {"concurrency_id": "runs", "concurrency_limit": 16}  # the batcher lets 2 batches run
 DEFAULT_ORDERS = ["raster", "random"]
 CSS = """
 /* Generate and Stop stay in reach: above everything on a desktop, at the bottom on a phone
@@ -93,7 +96,7 @@ def _load(model: str, runtime: str) -> Pipeline | None:
 
 @gpu
 def _run(request: studio.Request, stop: threading.Event) -> Iterator[studio.Update]:
-    yield from studio.run(CACHE, request, stop)
+    yield from studio.run(CACHE, request, stop, batcher=BATCHER)
 
 
 def _data_uri(frame: np.ndarray) -> str:
@@ -118,11 +121,12 @@ def panels_html(panels: dict[str, np.ndarray]) -> str:
     return f'<div class="live">{figures}</div>'
 
 
-def _plot(figure: Any) -> Any:
-    """A figure encoded once, as the Plot component sends it; None stays None."""
-    if figure is None or figure is studio.KEEP:
-        return figure
-    return PlotData(type="matplotlib", plot=encode_plot_to_base64(figure, "png"))
+def _plot(png: bytes | studio.Keep | None) -> Any:
+    """A PNG plot as the Plot component sends a figure; None and KEEP stay as they are."""
+    if png is None or png is studio.KEEP:
+        return png
+    uri = f"data:image/png;base64,{base64.b64encode(png).decode()}"
+    return PlotData(type="matplotlib", plot=uri)
 
 
 def _outputs(update: studio.Update) -> list:
@@ -599,6 +603,7 @@ def create_demo(model: str | None = None) -> gr.Blocks:
             validator=check_inputs,
             preprocess=False,
             api_name="generate",
+            **RUNS,
         )
         stop.click(stop_run, None, None, queue=False, **private)
         # One finished image, no streaming: what an MCP client (a tool call) wants.
@@ -613,7 +618,7 @@ def create_demo(model: str | None = None) -> gr.Blocks:
         )
         edit_inputs = [editor, mask_box, class_box, order_box, seed_box, *sampler_boxes]
         edit_inputs += [speed_box, runtime_box, steps_box, schedule_box]
-        edit_go.click(edit_from_editor, [model_box, *edit_inputs], outputs, **private)
+        edit_go.click(edit_from_editor, [model_box, *edit_inputs], outputs, **private, **RUNS)
         # The API's edit: a picture file and a preset name, or a mask picture.
         # Pictures arrive decoded (never as server paths); image_mode None keeps their
         # transparency, which goes onto white as the editor's does.
@@ -625,7 +630,7 @@ def create_demo(model: str | None = None) -> gr.Blocks:
         api_steps = gr.JSON(visible=False)
         api_inputs += [api_mask_image, *sampler_boxes, speed_box, runtime_box, api_steps]
         api_inputs += [schedule_box]
-        gr.Button(visible=False).click(edit, api_inputs, outputs, api_name="edit")
+        gr.Button(visible=False).click(edit, api_inputs, outputs, api_name="edit", **RUNS)
         gr.on(
             [editor.change, editor.upload, editor.apply, mask_box.change, seed_box.change],
             edit_preview,
@@ -657,5 +662,6 @@ def create_demo(model: str | None = None) -> gr.Blocks:
 
 
 if __name__ == "__main__":
-    print(f"RAR Studio on {CACHE.device}; generation runs through {GPU_CALLS}", flush=True)
+    where = f"cpu, {studio.leave_a_core()} sampler threads" if CACHE.device.type == "cpu" else ""
+    print(f"RAR Studio on {where or CACHE.device}; generation runs through {GPU_CALLS}", flush=True)
     create_demo().launch(**LAUNCH_OPTIONS)

@@ -29,6 +29,7 @@ from gradio.utils import get_upload_folder  # noqa: E402
 from gradio_client import Client  # noqa: E402
 
 import app  # noqa: E402
+from rar_demo import studio  # noqa: E402
 from rar_demo.bench import cpu_info  # noqa: E402
 from rar_demo.hub import random_models  # noqa: E402
 from rar_demo.pipeline import Pipeline, torch_executor  # noqa: E402
@@ -55,6 +56,7 @@ def _files() -> int:
 
 
 def speed() -> None:
+    studio.leave_a_core()  # as the served app does
     for model, n in SPEED_CASES:
         url = _serve(model)
         pipe = app.CACHE.get(model)
@@ -100,6 +102,7 @@ def client(url: str, model: str, n: int) -> None:
 def load(clients: int) -> None:
     if not 1 <= clients <= 32:
         raise SystemExit("--clients must be 1 to 32")
+    studio.leave_a_core()
     url = _serve("bundled")
     rows: list[dict] = []
 

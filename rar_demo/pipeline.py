@@ -18,7 +18,7 @@ from .hub import class_table, load_generator, load_tokenizer
 from .model import RAR
 from .orders import kept_first, make_order
 from .registry import ModelSpec, spec
-from .sampler import StepEvent, stream
+from .sampler import Seeds, StepEvent, stream
 from .vqgan import VQGAN, tokenize
 
 
@@ -138,15 +138,16 @@ class Pipeline:
 
     def stream(
         self,
-        class_id: int,
+        class_id: int | Tensor,
         orders: Tensor,
-        seed: int,
+        seed: Seeds,
         sampling: SamplingConfig | None = None,
         prompt: Tensor | None = None,
     ) -> Iterator[StepEvent]:
-        """One panel per row of `orders` (see `orders()`), same class and seed, in one batch;
-        with an edit's `prompt` (see `edit_inputs`) only the cells it leaves are generated."""
-        labels = torch.full((len(orders),), class_id, dtype=torch.long)
+        """One panel per row of `orders` (see `orders()`), in one batch: one class id and
+        seed for every panel, or a (B,) tensor of class ids and a seed per panel; with an
+        edit's `prompt` (see `edit_inputs`) only the cells it leaves are generated."""
+        labels = torch.as_tensor(class_id, dtype=torch.long).expand(len(orders))
         return stream(self.executor, labels, orders, sampling or self.sampling, seed, prompt)
 
     def encode(self, pixels: np.ndarray) -> Tensor:

@@ -6,6 +6,7 @@ by raster position, -1 where not generated yet) and decoded pixels.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -68,6 +69,14 @@ def patch_in(
     return torch.where(changed, preview(canvas, patches, grid), pixels)
 
 
+@functools.cache
+def _hatching(H: int, W: int, ph: int) -> Tensor:
+    """(H, W) diagonal grey stripes, three quarters of a pending cell's look."""
+    ys, xs = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    hatch = ((ys + xs) // max(2, ph // 2)) % 2 == 0
+    return 0.75 * torch.where(hatch, 0.80, 0.88)
+
+
 def mark_progress(
     images: Tensor, canvas: Tensor, newest: Tensor | None, grid: tuple[int, int]
 ) -> np.ndarray:
@@ -82,10 +91,7 @@ def mark_progress(
     ph, pw = H // h, W // w
     pending = (canvas < 0).view(B, h, w)
     pending = pending.repeat_interleave(ph, 1).repeat_interleave(pw, 2)  # (B, H, W)
-    ys, xs = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
-    hatch = ((ys + xs) // max(2, ph // 2)) % 2 == 0  # diagonal stripes
-    grey = torch.where(hatch, 0.80, 0.88)
-    out = torch.where(pending[:, None], 0.25 * images + 0.75 * grey, images)
+    out = torch.where(pending[:, None], 0.25 * images + _hatching(H, W, ph), images)
     frames = to_uint8(out)
     if newest is not None:
         for b, pos in enumerate(newest.tolist()):
@@ -98,7 +104,7 @@ def mark_progress(
     return frames
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def font(size: int) -> ImageFont.ImageFont:
     try:
         return ImageFont.truetype("DejaVuSans.ttf", size)
     except OSError:
@@ -119,13 +125,13 @@ def sheet(
         "RGB", (len(tiles) * (tw + pad) + pad, th + cap + pad + (cap if footer else 0)), "white"
     )
     draw = ImageDraw.Draw(out)
-    font = _font(14)
+    text_font = font(14)
     for i, (tile, text) in enumerate(zip(tiles, captions, strict=True)):
         x = pad + i * (tw + pad)
         out.paste(tile, (x, cap))
-        draw.text((x, 3), text, fill="black", font=font)
+        draw.text((x, 3), text, fill="black", font=text_font)
     if footer:
-        draw.text((pad, cap + th + 4), footer, fill="black", font=font)
+        draw.text((pad, cap + th + 4), footer, fill="black", font=text_font)
     return out
 
 

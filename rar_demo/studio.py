@@ -1,29 +1,31 @@
 """The studio's engine, free of UI code: models, request checking, paced frames, results.
 
 app.py maps these onto Gradio components; everything here runs, and is tested, without a
-browser or a server. A run is one batched `Pipeline.stream` in a thread of its own, paced to
+browser or a server. A run's panels are sampled in one batch, in a thread of its own, paced to
 the requested speed and never waiting for a frame; the caller pulls frames of the newest
 canvas as fast as it can show them, at most MAX_FPS a second, each frame costing at most a
-bounded share of the wall clock in decoding.
+bounded share of the wall clock in decoding. A `Batcher` lets runs of the same kind that wait
+for a free slot share one batch: each still gets its panels as it would alone.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor
 
@@ -37,6 +39,7 @@ from .render import (
     display_scale,
     mark_progress,
     patch_in,
+    preview,
     save_animation,
     sheet,
     to_uint8,
@@ -47,9 +50,15 @@ from .vqgan import to_tensor
 T = TypeVar("T")
 MAX_PANELS = 4  # orders x step counts
 MAX_FPS = 25.0
+# Frames of all runs together may take at most this share of a core: with many runs at once,
+# each shows fewer frames rather than slowing the samplers.
+FRAME_SHARE = 0.5
+BATCH_SLOTS = 2  # batches sampling at once; more would only share the same cores
+MAX_BATCH_PANELS = 32  # panels (of all its runs) in one batch
 # Full decodes may take at most this share of a run's wall clock: they run beside the sampler
 # on the same cores, and the preview patches between them are close to a decode anyway.
-DECODE_SHARE = 0.05
+DECODE_SHARE = 0.02
+FIRST_DECODE_S = 1.0
 ANIMATION_FRAMES = 64  # recorded frames per run, spread evenly over the steps
 ANIMATION_DIR = Path(tempfile.gettempdir()) / "rar-studio"
 ANIMATION_TTL_S = 3600.0
@@ -74,12 +83,28 @@ def default_model(env: Mapping[str, str]) -> str:
     return name
 
 
+def leave_a_core() -> int:
+    """On a CPU, samples with one intra-op thread fewer than there are cores, so that the
+    server and the frames have a core of their own; returns the thread count. Measured on
+    2 cores: one thread samples as fast as two at the app's batch sizes (RAR-B's steps are
+    bound by memory bandwidth, the bundled model's by Python), while two made the frames and
+    the sampler wait for each other (1.6x the engine's time through the app, against 1.2x)."""
+    threads = max(1, (os.cpu_count() or 1) - 1)
+    torch.set_num_threads(threads)
+    return threads
+
+
+def zero_gpu(env: Mapping[str, str]) -> bool:
+    """Whether this is a ZeroGPU Space (SPACES_ZERO_GPU): each GPU call runs in a forked
+    worker, which neither an ONNX Runtime session nor a shared batch can follow."""
+    return env.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
+
+
 def runtimes(env: Mapping[str, str]) -> list[str]:
-    """The runtimes (keys of registry.RUNTIMES) to offer. On ZeroGPU (SPACES_ZERO_GPU) torch
-    only: the GPU is attached inside each call, in a forked worker, which an ONNX Runtime
-    session made beforehand cannot follow (its CUDA context, its thread pool)."""
-    zero_gpu = env.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
-    return ["torch"] if zero_gpu else list(RUNTIMES)
+    """The runtimes (keys of registry.RUNTIMES) to offer: torch only on ZeroGPU, where the GPU
+    is attached inside each call, which an ONNX Runtime session made beforehand cannot follow
+    (its CUDA context, its thread pool)."""
+    return ["torch"] if zero_gpu(env) else list(RUNTIMES)
 
 
 def examples(model: str) -> list[list]:
@@ -409,8 +434,8 @@ class Update:
     panels: dict[str, np.ndarray] | Keep = KEEP  # panel name -> (H, W, 3) uint8, shown live
     finals: dict[str, np.ndarray] | Keep | None = KEEP  # the finished images, to keep
     animation: str | Keep | None = KEEP  # a file path
-    order_plot: Figure | Keep | None = KEEP
-    stats_plot: Figure | Keep | None = KEEP
+    order_plot: bytes | Keep | None = KEEP  # PNG
+    stats_plot: bytes | Keep | None = KEEP  # PNG
 
 
 class Pacer:
@@ -480,8 +505,10 @@ class Sampling(threading.Thread):
         self,
         groups: list[tuple[Tensor, Iterator[StepEvent], list[int]]],
         steps_per_s: float,
+        on_finish: Callable[[], None] | None = None,
     ) -> None:
-        """groups: (panel rows, their sampler stream, tokens per sampler step) each."""
+        """groups: (panel rows, their sampler stream, tokens per sampler step) each;
+        `on_finish` is called from the thread once it has finished."""
         super().__init__(daemon=True, name="rar-sampling")
         self.groups = [_Group(*group) for group in groups]
         self.num_ticks = max(len(g.counts) for g in self.groups)
@@ -490,6 +517,7 @@ class Sampling(threading.Thread):
         self.latest: Progress | None = None
         self.error: BaseException | None = None
         self.finished = False
+        self.on_finish = on_finish
         self._changed = threading.Condition()
 
     def run(self) -> None:
@@ -512,6 +540,8 @@ class Sampling(threading.Thread):
             with self._changed:
                 self.finished = True
                 self._changed.notify_all()
+            if self.on_finish is not None:
+                self.on_finish()
 
     def _progress(self, tick: int) -> Progress:
         first = self.groups[0].latest
@@ -546,32 +576,193 @@ class Sampling(threading.Thread):
             return self._changed.wait_for(lambda: self.finished, max(0.0, timeout))
 
 
+def _batch_key(request: Request) -> tuple | None:
+    """What runs must share to be sampled in one batch; None: never shared (an edit, whose
+    kept cells the batch's rows would all have to share)."""
+    if request.pixels is not None:
+        return None
+    return request.model, request.runtime, request.sampling, request.steps, request.speed
+
+
+@dataclass(eq=False)
+class _Batch:
+    """Runs sampled together: their panels are consecutive rows of one sampler."""
+
+    key: tuple | None
+    requests: list[Request] = field(default_factory=list)
+    prompt: Tensor | None = None  # a lone edit's kept tokens
+    sampling: Sampling | None = None  # once started
+    active: int = 0  # runs that have not left
+
+    @property
+    def panels(self) -> int:
+        return sum(len(r.names) for r in self.requests)
+
+
+def _sampling(
+    cache: ModelCache, batch: _Batch, on_finish: Callable[[], None] | None = None
+) -> Sampling:
+    """The batch's sampler, not started: per step count, one stream over every run's panels
+    of that count, each row with its run's class, order and seed."""
+    first = batch.requests[0]  # all share the key: model, sampling, steps, speed
+    pipe = cache.get(first.model, first.runtime)
+    offsets = np.cumsum([0] + [len(r.names) for r in batch.requests]).tolist()
+    groups = []
+    for steps in first.steps:
+        parts = [(r, r.rows(steps), base) for r, base in zip(batch.requests, offsets, strict=False)]
+        rows = torch.cat([local + base for _, local, base in parts])
+        labels = torch.cat([torch.full((len(local),), r.class_id) for r, local, _ in parts])
+        orders = torch.cat([r.permutations[local] for r, local, _ in parts])
+        seeds = [r.seed for r, local, _ in parts for _ in local]
+        prompt = None if batch.prompt is None else batch.prompt[rows]
+        events = pipe.stream(labels, orders, seeds, first.sampling_for(steps), prompt)
+        groups.append((rows, events, first.step_sizes(steps)))
+    return Sampling(groups, first.speed, on_finish)
+
+
+class Lease:
+    """A run's place in a batch: the rows of its panels, and the batch's sampler once the
+    batch has started."""
+
+    def __init__(self, batcher: Batcher, batch: _Batch, rows: Tensor) -> None:
+        self.batcher, self.batch, self.rows = batcher, batch, rows
+        self.left = False
+
+    def sampling(self, timeout: float) -> Sampling | None:
+        """The batch's sampler, waiting up to `timeout` s for it to start; None if it has not."""
+        return self.batcher.started(self.batch, timeout)
+
+    def view(self, progress: Progress) -> Progress:
+        """The batch's progress, as this run's panels see it."""
+        return Progress(
+            progress.tick,
+            progress.num_ticks,
+            progress.canvas[self.rows],
+            progress.newest[self.rows],
+            progress.done,
+        )
+
+    def stats(self) -> tuple[Tensor, Tensor]:
+        """As Sampling.stats, for this run's panels."""
+        probs, entropy = self.batch.sampling.stats()
+        return probs[:, self.rows], entropy[:, self.rows]
+
+    def leave(self) -> None:
+        """Done with the batch: the last run to leave stops its sampler (and waits for it)."""
+        if not self.left:
+            self.left = True
+            self.batcher.leave(self.batch)
+
+
+class Batcher:
+    """Runs the samplers of many requests, at most `slots` batches at once. A request joins
+    the waiting batch of its kind (same model, runtime, sampler settings, steps and speed;
+    edits go alone) while it has room for its panels, and a batch starts as soon as a slot is
+    free: alone at once when nothing else runs, together when requests queue up. Each
+    panel keeps its own class, order and seed, so it comes out as it would alone (up to
+    floating-point rounding across batch sizes). Thread-safe."""
+
+    def __init__(
+        self, cache: ModelCache, slots: int = BATCH_SLOTS, max_panels: int = MAX_BATCH_PANELS
+    ) -> None:
+        if slots < 1 or max_panels < MAX_PANELS:
+            raise ValueError(f"need slots >= 1 and max_panels >= {MAX_PANELS}")
+        self.cache, self.slots, self.max_panels = cache, slots, max_panels
+        self._waiting: list[_Batch] = []
+        self._running: list[_Batch] = []
+        self._changed = threading.Condition()
+
+    @property
+    def runs(self) -> int:
+        """Runs waiting or sampling now."""
+        with self._changed:
+            return sum(b.active for b in self._waiting + self._running)
+
+    def join(self, request: Request, prompt: Tensor | None = None) -> Lease:
+        """A place for `request` (with an edit's `prompt`, see Request.prompt) in a batch."""
+        key, panels = _batch_key(request), len(request.names)
+        with self._changed:
+            batch = next(
+                (
+                    b
+                    for b in self._waiting
+                    if key is not None and b.key == key and b.panels + panels <= self.max_panels
+                ),
+                None,
+            )
+            if batch is None:
+                batch = _Batch(key, prompt=prompt)
+                self._waiting.append(batch)
+            rows = torch.arange(batch.panels, batch.panels + panels)
+            batch.requests.append(request)
+            batch.active += 1
+            self._schedule()
+        return Lease(self, batch, rows)
+
+    def started(self, batch: _Batch, timeout: float) -> Sampling | None:
+        with self._changed:
+            self._changed.wait_for(lambda: batch.sampling is not None, timeout)
+            return batch.sampling
+
+    def leave(self, batch: _Batch) -> None:
+        with self._changed:
+            batch.active -= 1
+            if batch.active or batch.sampling is None:
+                if not batch.active:
+                    self._waiting.remove(batch)  # every run left before it started
+                return
+            sampling = batch.sampling
+        sampling.stop.set()
+        sampling.join()
+
+    def _schedule(self) -> None:
+        # Called with the lock held.
+        while self._waiting and len(self._running) < self.slots:
+            batch = self._waiting.pop(0)
+            batch.sampling = _sampling(self.cache, batch, lambda b=batch: self._finished(b))
+            self._running.append(batch)
+            batch.sampling.start()
+            self._changed.notify_all()
+
+    def _finished(self, batch: _Batch) -> None:
+        with self._changed:
+            self._running.remove(batch)
+            self._schedule()
+
+
 class Renderer:
     """Frames of a growing canvas at a bounded decoding cost.
 
     A full decode runs only once the time since the previous one reaches its cost divided by
     DECODE_SHARE, so however slow the decoder, it takes at most that share of the run; in
-    between, cells filled since the last decode are pasted from per-code preview patches.
+    between, cells filled since the last decode are pasted from per-code preview patches. The
+    first frames are patches only: a decode of a nearly empty canvas would show little.
     """
 
     def __init__(
         self, cache: ModelCache, pipe: Pipeline, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.cache, self.pipe, self.clock = cache, pipe, clock
-        self.pixels: Tensor | None = None  # the last full decode ...
+        self.pixels: Tensor | None = None  # the last full decode (or preview) ...
         self.decoded: Tensor | None = None  # ... of this canvas
-        self.decoded_at, self.decode_cost = -math.inf, 0.0
+        # Until a decode has been timed, the first is due FIRST_DECODE_S after the first frame.
+        self.decoded_at, self.decode_cost = -math.inf, FIRST_DECODE_S * DECODE_SHARE
 
-    def __call__(self, canvas: Tensor, newest: Tensor | None) -> np.ndarray:
-        """(B, L) canvas, (B,) newest positions -> (B, H, W, 3) uint8 marked frames."""
+    def __call__(self, canvas: Tensor, newest: Tensor | None, decode: bool = False) -> np.ndarray:
+        """(B, L) canvas, (B,) newest positions -> (B, H, W, 3) uint8 marked frames; `decode`
+        forces a full decode."""
         now = self.clock()
-        if self.pixels is None or now - self.decoded_at >= self.decode_cost / DECODE_SHARE:
+        patches = self.cache.patches(self.pipe)
+        if self.pixels is None and not decode:
+            self.pixels, self.decoded = preview(canvas, patches, self.pipe.grid), canvas
+            self.decoded_at = now
+            pixels = self.pixels
+        elif decode or now - self.decoded_at >= self.decode_cost / DECODE_SHARE:
             self.pixels, self.decoded = self.pipe.decode(canvas), canvas
             self.decoded_at = self.clock()
             self.decode_cost = self.decoded_at - now
             pixels = self.pixels
         else:
-            patches = self.cache.patches(self.pipe)
             pixels = patch_in(self.pixels, self.decoded, canvas, patches, self.pipe.grid)
         return mark_progress(pixels, canvas, newest, self.pipe.grid)
 
@@ -641,21 +832,48 @@ def run(
     request: Request,
     stop: threading.Event | None = None,
     clock: Callable[[], float] = time.monotonic,
+    batcher: Batcher | None = None,
 ) -> Iterator[Update]:
-    """Streams a request: a blank first update, frames of the newest canvas (at most MAX_FPS a
-    second, however fast the sampler runs beside it), then one update with everything: final
-    images, animation, plots. Setting `stop` ends the run with a "Stopped" update; closing the
-    iterator stops the sampler at once. Panels of one step count share a batch; several step
-    counts run side by side, one sampler step each per step of the run."""
+    """Streams a request: a first update with blank panels, frames of the newest canvas (at
+    most MAX_FPS a second, however fast the sampler runs beside it), then one update with
+    everything: final images, animation, plots. Setting `stop` ends the run with a "Stopped"
+    update; closing the iterator leaves the batch at once. Panels of one step count share a
+    batch; several step counts run side by side, one sampler step each per step of the run.
+
+    With a shared `batcher` the run may wait for a free slot ("Waiting" updates), and its
+    panels may be sampled in one batch with other runs'; without one it starts at once."""
     pipe = cache.get(request.model, request.runtime)
     names = request.names
     render = Renderer(cache, pipe)
     about = _describe(request)
-    distinct = request.permutations[request.rows(request.steps[0])]  # each order once
-    order_plot = plots.order_heatmaps(request.orders, distinct, pipe.grid, request.kept_cells)
     # An edit shows the cells it keeps from the start.
     prompt = request.prompt(pipe, len(names))
-    first = render.blank(len(names)) if prompt is None else render(prompt, None)
+    batcher = batcher or Batcher(cache)
+    lease = batcher.join(request, prompt)
+    try:
+        yield from _stream(pipe, request, lease, render, prompt, about, stop, clock)
+    finally:
+        lease.leave()
+
+
+def _stream(
+    pipe: Pipeline,
+    request: Request,
+    lease: Lease,
+    render: Renderer,
+    prompt: Tensor | None,
+    about: str,
+    stop: threading.Event | None,
+    clock: Callable[[], float],
+) -> Iterator[Update]:
+    names = request.names
+    stopped = stop.is_set if stop is not None else lambda: False
+    first = render.blank(len(names)) if prompt is None else render(prompt, None, decode=True)
+    distinct = request.permutations[request.rows(request.steps[0])]  # each order once
+    # Drawn while the sampler (already started, unless it waits for a slot) takes its first steps.
+    order_plot = plots.png(
+        plots.order_heatmaps(request.orders, distinct, pipe.grid, request.kept_cells)
+    )
     yield Update(
         status=f"**Starting** · {about}",
         panels=dict(zip(names, first, strict=True)),
@@ -664,68 +882,71 @@ def run(
         order_plot=order_plot,
         stats_plot=None,
     )
-
-    groups = []
-    for steps in request.steps:
-        rows = request.rows(steps)
-        given = None if prompt is None else prompt[rows]
-        events = pipe.stream(
-            request.class_id,
-            request.permutations[rows],
-            request.seed,
-            request.sampling_for(steps),
-            given,
-        )
-        groups.append((rows, events, request.step_sizes(steps)))
+    waiting = ""
+    while (sampling := lease.sampling(timeout=0.1)) is None:
+        if stopped():
+            lease.leave()
+            yield Update(status=f"**Stopped before it started** · {about}")
+            return
+        busy = f"**Waiting** for a free slot ({lease.batcher.runs - 1} other runs) · {about}"
+        if busy != waiting:
+            waiting = busy
+            yield Update(status=busy)
     start = clock()
-    sampling = Sampling(groups, request.speed)
-    scale = display_scale(pipe.tokenizer.config.resolution)
+    # Half the page's upscaling: a quarter of the pixels to encode at the end of the run.
+    scale = max(1, display_scale(pipe.tokenizer.config.resolution) // 2)
     recorded: list[tuple[int, Image.Image]] = []  # (steps taken, sheet): the animation
     shown = -1
-    sampling.start()
-    try:
-        while not sampling.finished and not (stop is not None and stop.is_set()):
-            progress = sampling.newer_than(shown, timeout=0.1)  # wakes to check `stop`
-            if progress is None or progress.tick <= shown or progress.done:
-                continue  # the last step shows as the final images
-            frame_start = clock()
-            frames = render(progress.canvas, progress.newest)
-            shown, taken = progress.tick, progress.tick + 1
-            step = f"{taken} / {progress.num_ticks}"
-            if not recorded or taken - recorded[-1][0] >= progress.num_ticks / ANIMATION_FRAMES:
-                recorded.append((taken, sheet(frames, names, scale, f"step {step}")))
-            yield Update(
-                status=f"**Step {step}** · {about}",
-                panels=dict(zip(names, frames, strict=True)),
-            )
-            # At most MAX_FPS frames: what the browser could not show anyway.
-            sampling.wait_finished(1 / MAX_FPS - (clock() - frame_start))
-    finally:
-        sampling.stop.set()
-        sampling.join()
+    while not sampling.finished and not stopped():
+        latest = sampling.newer_than(shown, timeout=0.1)  # wakes to check `stop`
+        if latest is None or latest.tick <= shown or latest.done:
+            continue  # the last step shows as the final images
+        frame_start = clock()
+        progress = lease.view(latest)
+        frames = render(progress.canvas, progress.newest)
+        shown, taken = progress.tick, progress.tick + 1
+        step = f"{taken} / {progress.num_ticks}"
+        if not recorded or taken - recorded[-1][0] >= progress.num_ticks / ANIMATION_FRAMES:
+            recorded.append((taken, sheet(frames, names, scale, f"step {step}")))
+        yield Update(
+            status=f"**Step {step}** · {about}",
+            panels=dict(zip(names, frames, strict=True)),
+        )
+        # At most MAX_FPS frames (what a browser could show anyway), and fewer while many
+        # runs share the cores: all their frames together take at most FRAME_SHARE of one.
+        cost = clock() - frame_start
+        pause = max(1 / MAX_FPS, cost * lease.batcher.runs / FRAME_SHARE) - cost
+        sampling.wait_finished(pause)
+    if stopped():
+        lease.leave()  # the last of the batch to leave stops its sampler: report where
     if sampling.error is not None:
         raise sampling.error
 
-    progress, seconds = sampling.latest, clock() - start
-    if progress is None or not progress.done:
-        taken = 0 if progress is None else progress.tick + 1
+    latest, seconds = sampling.latest, clock() - start
+    if latest is None or not latest.done or stopped():
+        taken = 0 if latest is None else latest.tick + 1
         yield Update(status=f"**Stopped at step {taken} / {sampling.num_ticks}** · {about}")
         return
-    stats = plots.step_curves(names, *sampling.stats())
+    progress = lease.view(latest)
     finals = to_uint8(pipe.decode(progress.canvas))
     final_panels = dict(zip(names, finals, strict=True))
-    steps = " / ".join(str(len(counts)) for *_, counts in groups)
+    steps = " / ".join(str(len(g.counts)) for g in sampling.groups)
     summary = f"**Done**: {steps} steps in {seconds:.1f} s · {about}"
     yield Update(status=f"{summary} · preparing the animation…", panels=final_panels)
 
     sheets = [s for _, s in recorded]
     sheets.append(sheet(finals, names, scale, f"{request.short_name}, seed {request.seed}"))
+    # The animation's encoder lets go of the GIL: it runs beside drawing the plot.
+    with ThreadPoolExecutor(1, thread_name_prefix="rar-animation") as pool:
+        animation = pool.submit(save_animation, sheets, _animation_path(request))
+        stats = plots.png(plots.step_curves(names, *lease.stats()))
+        path = str(animation.result())
     # Everything at once: an API client's result() is this last update.
     yield Update(
         status=summary,
         panels=final_panels,
         finals=final_panels,
-        animation=str(save_animation(sheets, _animation_path(request))),
+        animation=path,
         order_plot=order_plot,
         stats_plot=stats,
     )

@@ -86,11 +86,13 @@ def test_renderer_bounds_decoding_and_previews_in_between(
 
     monkeypatch.setattr(pipe, "decode", slow_decode)
     frames = []
-    for event in itertools.islice(pipe.stream(0, pipe.orders(ORDERS, 0), seed=0), 100):
-        clock.now += 0.04  # one frame every 40 ms
+    for event in pipe.stream(0, pipe.orders(ORDERS, 0), seed=0):
+        clock.now += 0.04  # one frame every 40 ms: 10.24 s in all
         frames.append(render(event.canvas, event.positions))
-    # 100 ms decodes may take a DECODE_SHARE of the time: one every 0.4 s at most.
+    # The first frames are patches only; then 100 ms decodes may take a DECODE_SHARE of the
+    # time: at most one every 5 s.
     assert len(decodes) >= 2
+    assert decodes[0] >= 0.04 + studio.FIRST_DECODE_S - 1e-9
     assert min(np.diff(decodes)) >= 0.1 / studio.DECODE_SHARE - 1e-9
     assert all(f.shape == (2, 64, 64, 3) and f.dtype == np.uint8 for f in frames)
     # Previews still move: every frame differs from the one before.
@@ -322,3 +324,87 @@ def test_bad_edit_inputs_name_their_field(cache, image, mask, field, message) ->
     with pytest.raises(studio.InputError, match=message) as info:
         studio.parse(cache, "bundled", 0, ORDERS, 0, image=image, mask=mask)
     assert info.value.field == field
+
+
+def _final_canvas(lease: studio.Lease) -> torch.Tensor:
+    sampling = lease.sampling(timeout=30)
+    assert sampling is not None and sampling.wait_finished(120)
+    return lease.view(sampling.latest).canvas
+
+
+def test_runs_that_queue_share_one_batch_and_each_comes_out_as_alone(
+    cache: studio.ModelCache,
+) -> None:
+    batcher = studio.Batcher(cache, slots=1)
+    pipe = cache.get("bundled")
+    busy = batcher.join(studio.parse(cache, "bundled", 0, ORDERS, 0, speed=8))  # the slot
+    queued = [
+        studio.parse(cache, "bundled", "Flags", ["spiral"], 3, speed=8),
+        studio.parse(cache, "bundled", 2, ORDERS, 5, speed=8),
+    ]
+    leases = [batcher.join(r) for r in queued]
+    assert busy.sampling(timeout=1) is not None
+    assert all(lease.sampling(timeout=0.2) is None for lease in leases)  # waiting for the slot
+    assert leases[0].batch is leases[1].batch and batcher.runs == 3
+    assert [lease.rows.tolist() for lease in leases] == [[0], [1, 2]]
+    busy.leave()  # frees the slot: the queued runs start, together
+    for request, lease in zip(queued, leases, strict=True):
+        alone = list(pipe.stream(request.class_id, request.permutations, request.seed))[-1]
+        assert torch.equal(_final_canvas(lease), alone.canvas)
+        lease.leave()
+    assert batcher.runs == 0
+
+
+def test_edits_and_runs_of_another_kind_get_batches_of_their_own(
+    cache: studio.ModelCache,
+) -> None:
+    batcher = studio.Batcher(cache, slots=1)
+    busy = batcher.join(studio.parse(cache, "bundled", 0, ORDERS, 0, speed=8))
+    kinds = [
+        studio.parse(cache, "bundled", 0, ORDERS, 1, speed=16),  # another speed
+        studio.parse(cache, "bundled", 0, ORDERS, 1, speed=8, steps=64),  # other steps
+        studio.parse(cache, "bundled", 0, ORDERS, 1, image=_picture(), mask="left", speed=8),
+        studio.parse(cache, "bundled", 0, ORDERS, 1, image=_picture(), mask="left", speed=8),
+    ]
+    pipe = cache.get("bundled")
+    leases = [batcher.join(r, r.prompt(pipe, len(r.names))) for r in kinds]
+    assert len({id(lease.batch) for lease in leases}) == len(kinds)
+    for lease in leases:
+        lease.leave()  # left before starting: dropped without sampling
+    assert all(lease.batch.sampling is None for lease in leases)
+    busy.leave()
+    assert batcher.runs == 0
+
+
+def test_the_last_run_to_leave_stops_the_batch(
+    cache: studio.ModelCache, count_steps: list[int]
+) -> None:
+    batcher = studio.Batcher(cache, slots=1)
+    busy = batcher.join(studio.parse(cache, "bundled", 0, ORDERS, 0, speed=512))
+    leases = [batcher.join(studio.parse(cache, "bundled", 0, ORDERS, s, speed=64)) for s in (1, 2)]
+    busy.leave()
+    sampling = leases[0].sampling(timeout=5)
+    assert sampling is not None and sampling.newer_than(2, timeout=10) is not None
+    leases[0].leave()
+    time.sleep(0.2)
+    assert not sampling.finished  # the other run still watches it
+    leases[1].leave()
+    assert sampling.finished and not sampling.latest.done
+    taken = len(count_steps)
+    time.sleep(0.2)
+    assert len(count_steps) == taken  # nothing runs on
+
+
+def test_a_queued_run_says_it_waits_and_can_be_stopped_before_it_starts(
+    cache: studio.ModelCache,
+) -> None:
+    batcher = studio.Batcher(cache, slots=1)
+    busy = batcher.join(studio.parse(cache, "bundled", 0, ORDERS, 0, speed=4))
+    stop = threading.Event()
+    run = studio.run(cache, studio.parse(cache, "bundled", 0, ORDERS, 1), stop, batcher=batcher)
+    assert next(run).status.startswith("**Starting**")
+    assert next(run).status.startswith("**Waiting** for a free slot (1 other runs)")
+    stop.set()
+    assert next(run).status.startswith("**Stopped before it started**")
+    busy.leave()
+    assert batcher.runs == 0
