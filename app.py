@@ -55,7 +55,9 @@ RUNTIME_CHOICES = studio.runtimes(os.environ)
 # Runs that queue up share batches; on ZeroGPU each run is a GPU call of its own (a forked
 # worker), so each samples alone there.
 BATCHER = None if studio.zero_gpu(os.environ) else studio.Batcher(CACHE)
-RUNS = {"concurrency_id": "runs", "concurrency_limit": 16}  # the batcher lets 2 batches run
+# Generate and both edits share one pool: 16 runs reach the batcher (which samples 2 batches
+# at once), or 2 at once where each runs alone.
+RUNS = {"concurrency_id": "runs", "concurrency_limit": 2 if BATCHER is None else 16}
 DEFAULT_ORDERS = ["raster", "random"]
 CSS = """
 /* Generate and Stop stay in reach: above everything on a desktop, at the bottom on a phone

@@ -89,7 +89,7 @@ def leave_a_core() -> int:
     2 cores: one thread samples as fast as two at the app's batch sizes (RAR-B's steps are
     bound by memory bandwidth, the bundled model's by Python), while two made the frames and
     the sampler wait for each other (1.6x the engine's time through the app, against 1.2x)."""
-    threads = max(1, (os.cpu_count() or 1) - 1)
+    threads = max(1, len(os.sched_getaffinity(0)) - 1)  # the cores this process may use
     torch.set_num_threads(threads)
     return threads
 
@@ -156,7 +156,7 @@ class ModelCache:
 
     def patches(self, pipe: Pipeline) -> Tensor:
         """The model's per-code preview patches, built on first use rather than at load time:
-        only slow decoders need them, and on ZeroGPU the decoder runs only inside a GPU call.
+        on ZeroGPU the decoder runs only inside a GPU call.
         Every runtime of a model shares its tokenizer, hence its patches."""
         with self._lock("patches", pipe.name):
             if pipe.name not in self._patches:
@@ -495,7 +495,7 @@ class _Group:
 
 
 class Sampling(threading.Thread):
-    """A run's sampler, paced, in a thread of its own: the newest `Progress`, every token's
+    """A batch's sampler, paced, in a thread of its own: the newest `Progress`, every token's
     probability and entropy, and whether it has finished (or failed, or was stopped).
 
     Each group of panels (a step count) is a stream of its own; all take their sampler steps
@@ -535,13 +535,15 @@ class Sampling(threading.Thread):
         except BaseException as err:  # handed to the consumer, which raises it
             self.error = err
         finally:
-            for group in self.groups:
-                group.events.close()  # the sampler's KV cache goes with it
-            with self._changed:
-                self.finished = True
-                self._changed.notify_all()
-            if self.on_finish is not None:
-                self.on_finish()
+            try:
+                for group in self.groups:
+                    group.events.close()  # the sampler's KV cache goes with it
+            finally:
+                with self._changed:
+                    self.finished = True
+                    self._changed.notify_all()
+                if self.on_finish is not None:
+                    self.on_finish()
 
     def _progress(self, tick: int) -> Progress:
         first = self.groups[0].latest
@@ -592,6 +594,7 @@ class _Batch:
     requests: list[Request] = field(default_factory=list)
     prompt: Tensor | None = None  # a lone edit's kept tokens
     sampling: Sampling | None = None  # once started
+    error: Exception | None = None  # why it could not start
     active: int = 0  # runs that have not left
 
     @property
@@ -678,6 +681,21 @@ class Batcher:
         with self._changed:
             return sum(b.active for b in self._waiting + self._running)
 
+    @property
+    def sampling_runs(self) -> int:
+        """Runs whose batch samples now (whose frames share the cores)."""
+        with self._changed:
+            return sum(b.active for b in self._running)
+
+    def ahead(self, batch: _Batch) -> int:
+        """Runs that will sample before `batch` starts: the running ones, and the waiting ones
+        queued before it."""
+        with self._changed:
+            if batch not in self._waiting:
+                return 0
+            earlier = self._waiting[: self._waiting.index(batch)]
+            return sum(b.active for b in self._running + earlier)
+
     def join(self, request: Request, prompt: Tensor | None = None) -> Lease:
         """A place for `request` (with an edit's `prompt`, see Request.prompt) in a batch."""
         key, panels = _batch_key(request), len(request.names)
@@ -701,14 +719,16 @@ class Batcher:
 
     def started(self, batch: _Batch, timeout: float) -> Sampling | None:
         with self._changed:
-            self._changed.wait_for(lambda: batch.sampling is not None, timeout)
+            self._changed.wait_for(lambda: batch.sampling or batch.error, timeout)
+            if batch.error is not None:
+                raise RuntimeError("the run could not start") from batch.error
             return batch.sampling
 
     def leave(self, batch: _Batch) -> None:
         with self._changed:
             batch.active -= 1
             if batch.active or batch.sampling is None:
-                if not batch.active:
+                if not batch.active and batch in self._waiting:
                     self._waiting.remove(batch)  # every run left before it started
                 return
             sampling = batch.sampling
@@ -716,12 +736,17 @@ class Batcher:
         sampling.join()
 
     def _schedule(self) -> None:
-        # Called with the lock held.
+        # Called with the lock held. A batch that cannot start hands its error to its runs.
         while self._waiting and len(self._running) < self.slots:
             batch = self._waiting.pop(0)
-            batch.sampling = _sampling(self.cache, batch, lambda b=batch: self._finished(b))
-            self._running.append(batch)
-            batch.sampling.start()
+            try:
+                sampling = _sampling(self.cache, batch, lambda b=batch: self._finished(b))
+                sampling.start()
+            except Exception as err:
+                batch.error = err
+            else:
+                batch.sampling = sampling
+                self._running.append(batch)
             self._changed.notify_all()
 
     def _finished(self, batch: _Batch) -> None:
@@ -840,8 +865,10 @@ def run(
     update; closing the iterator leaves the batch at once. Panels of one step count share a
     batch; several step counts run side by side, one sampler step each per step of the run.
 
-    With a shared `batcher` the run may wait for a free slot ("Waiting" updates), and its
-    panels may be sampled in one batch with other runs'; without one it starts at once."""
+    With a shared `batcher` the run may wait for a free slot ("Waiting" updates; stopped
+    then, it ends "Stopped before it started"), and its panels may be sampled in one batch
+    with other runs', whose sampler stops when the last of them leaves; without a batcher it
+    starts at once."""
     pipe = cache.get(request.model, request.runtime)
     names = request.names
     render = Renderer(cache, pipe)
@@ -888,7 +915,8 @@ def _stream(
             lease.leave()
             yield Update(status=f"**Stopped before it started** · {about}")
             return
-        busy = f"**Waiting** for a free slot ({lease.batcher.runs - 1} other runs) · {about}"
+        ahead = lease.batcher.ahead(lease.batch)
+        busy = f"**Waiting** for a free slot ({ahead} runs ahead) · {about}"
         if busy != waiting:
             waiting = busy
             yield Update(status=busy)
@@ -915,12 +943,12 @@ def _stream(
         # At most MAX_FPS frames (what a browser could show anyway), and fewer while many
         # runs share the cores: all their frames together take at most FRAME_SHARE of one.
         cost = clock() - frame_start
-        pause = max(1 / MAX_FPS, cost * lease.batcher.runs / FRAME_SHARE) - cost
+        pause = max(1 / MAX_FPS, cost * lease.batcher.sampling_runs / FRAME_SHARE) - cost
         sampling.wait_finished(pause)
     if stopped():
         lease.leave()  # the last of the batch to leave stops its sampler: report where
-    if sampling.error is not None:
-        raise sampling.error
+    if sampling.error is not None:  # shared by the batch's runs: each raises its own
+        raise RuntimeError("sampling failed") from sampling.error
 
     latest, seconds = sampling.latest, clock() - start
     if latest is None or not latest.done or stopped():

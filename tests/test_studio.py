@@ -403,8 +403,24 @@ def test_a_queued_run_says_it_waits_and_can_be_stopped_before_it_starts(
     stop = threading.Event()
     run = studio.run(cache, studio.parse(cache, "bundled", 0, ORDERS, 1), stop, batcher=batcher)
     assert next(run).status.startswith("**Starting**")
-    assert next(run).status.startswith("**Waiting** for a free slot (1 other runs)")
+    assert next(run).status.startswith("**Waiting** for a free slot (1 runs ahead)")
     stop.set()
     assert next(run).status.startswith("**Stopped before it started**")
     busy.leave()
     assert batcher.runs == 0
+
+
+def test_a_batch_that_cannot_start_fails_its_runs_and_frees_the_batcher(
+    cache: studio.ModelCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object) -> studio.Sampling:
+        raise ValueError("no sampler today")
+
+    monkeypatch.setattr(studio, "_sampling", broken)
+    batcher = studio.Batcher(cache, slots=1)
+    lease = batcher.join(studio.parse(cache, "bundled", 0, ORDERS, 0))
+    with pytest.raises(RuntimeError, match="could not start") as err:
+        lease.sampling(timeout=1)
+    assert "no sampler today" in str(err.value.__cause__)
+    lease.leave()
+    assert batcher.runs == 0 and batcher.sampling_runs == 0
