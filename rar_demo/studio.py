@@ -62,6 +62,7 @@ FIRST_DECODE_S = 1.0
 ANIMATION_FRAMES = 64  # recorded frames per run, spread evenly over the steps
 ANIMATION_DIR = Path(tempfile.gettempdir()) / "rar-studio"
 ANIMATION_TTL_S = 3600.0
+_SWEEPING = threading.Lock()  # old animations are swept by one run at a time
 
 # Input ranges, shared by the UI's controls and the checks below.
 SEED_RANGE = (0, 2**32 - 1)
@@ -815,12 +816,16 @@ def _describe(request: Request) -> str:
 
 def _animation_path(request: Request) -> Path:
     """A fresh file for a run's animation (short name, unique folder); old runs' files are
-    swept away here."""
+    swept away here, by one run at a time (runs of a batch finish together)."""
     cutoff = time.time() - ANIMATION_TTL_S
-    for old in ANIMATION_DIR.glob("*/*.webp"):
-        if old.stat().st_mtime < cutoff:
-            old.unlink(missing_ok=True)
-            old.parent.rmdir()
+    with _SWEEPING:
+        for old in ANIMATION_DIR.glob("*/*.webp"):
+            try:
+                if old.stat().st_mtime < cutoff:
+                    old.unlink()
+                    old.parent.rmdir()
+            except OSError:  # gone already, or not ours to remove: leave it
+                continue
     slug = re.sub(r"[^a-z0-9]+", "-", request.short_name.lower()).strip("-")[:24]
     folder = ANIMATION_DIR / uuid.uuid4().hex[:12]
     folder.mkdir(parents=True)

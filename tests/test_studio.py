@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -424,3 +426,30 @@ def test_a_batch_that_cannot_start_fails_its_runs_and_frees_the_batcher(
     assert "no sampler today" in str(err.value.__cause__)
     lease.leave()
     assert batcher.runs == 0 and batcher.sampling_runs == 0
+
+
+def test_runs_finishing_together_sweep_old_animations_without_tripping(
+    cache: studio.ModelCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(studio, "ANIMATION_DIR", tmp_path)
+    old = time.time() - studio.ANIMATION_TTL_S - 60
+    for i in range(40):
+        (tmp_path / f"old{i}").mkdir()
+        (tmp_path / f"old{i}" / "x.webp").write_bytes(b"")
+        os.utime(tmp_path / f"old{i}" / "x.webp", (old, old))
+    request = studio.parse(cache, "bundled", 0, ORDERS, 0)
+    paths, errors = [], []
+
+    def fresh() -> None:
+        try:
+            paths.append(studio._animation_path(request))
+        except OSError as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=fresh) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(set(paths)) == 12
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("old")) == []
