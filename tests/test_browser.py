@@ -110,7 +110,10 @@ def test_a_bad_input_is_shown_by_its_field_and_keeps_the_results(page: Page) -> 
     _choose(page, "Flags", ["raster"], speed=512)
     page.get_by_role("button", name="Generate").click()
     status = page.locator("#status")
-    expect(status).to_contain_text("Done", timeout=60_000)
+    # The run has ended only once its animation is out: "Done ... preparing the animation"
+    # comes first, and Gradio ignores a click on an event still running.
+    expect(page.locator("#animation")).to_contain_text(".webp", timeout=60_000)
+    expect(status).to_contain_text("Done")
     before = page.locator(".panel img").first.get_attribute("src")
     seed = page.get_by_label("Seed")
     seed.fill("1.5")
