@@ -64,7 +64,7 @@ def order_heatmaps(
     last = orders.shape[1] - 1
     cell = max(2, HEATMAP_SIZE // max(h, w))
     lut = (colormaps["viridis"](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
-    pad, title, bar = HEATMAP_PAD, 26, 14
+    pad, bar, name_y = HEATMAP_PAD, 14, 26  # px: colour bar width, each map's name
     maps = []
     for order in orders:
         steps = step_index_map(order, h, w).numpy()
@@ -82,7 +82,7 @@ def order_heatmaps(
     top = HEATMAP_TOP
     for k, (name, rgb) in enumerate(zip(names, maps, strict=True)):
         x = pad + k * (side_w + pad)
-        draw.text((x, title), name, "black", font(13))
+        draw.text((x, name_y), name, "black", font(13))
         out.paste(Image.fromarray(rgb), (x, top))
     x = pad + len(names) * (side_w + pad)
     ramp = lut[np.linspace(255, 0, side_h).astype(np.int64)][:, None].repeat(bar, 1)

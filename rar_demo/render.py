@@ -104,6 +104,7 @@ def mark_progress(
     return frames
 
 
+@functools.cache  # read from disk once per size: sheets and heatmaps draw text every run
 def font(size: int) -> ImageFont.ImageFont:
     try:
         return ImageFont.truetype("DejaVuSans.ttf", size)

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import TypeVar
@@ -610,10 +610,10 @@ def _sampling(
     of that count, each row with its run's class, order and seed."""
     first = batch.requests[0]  # all share the key: model, sampling, steps, speed
     pipe = cache.get(first.model, first.runtime)
-    offsets = np.cumsum([0] + [len(r.names) for r in batch.requests]).tolist()
+    bases = np.cumsum([0] + [len(r.names) for r in batch.requests])[:-1].tolist()  # first rows
     groups = []
     for steps in first.steps:
-        parts = [(r, r.rows(steps), base) for r, base in zip(batch.requests, offsets, strict=False)]
+        parts = [(r, r.rows(steps), base) for r, base in zip(batch.requests, bases, strict=True)]
         rows = torch.cat([local + base for _, local, base in parts])
         labels = torch.cat([torch.full((len(local),), r.class_id) for r, local, _ in parts])
         orders = torch.cat([r.permutations[local] for r, local, _ in parts])
@@ -638,12 +638,8 @@ class Lease:
 
     def view(self, progress: Progress) -> Progress:
         """The batch's progress, as this run's panels see it."""
-        return Progress(
-            progress.tick,
-            progress.num_ticks,
-            progress.canvas[self.rows],
-            progress.newest[self.rows],
-            progress.done,
+        return replace(
+            progress, canvas=progress.canvas[self.rows], newest=progress.newest[self.rows]
         )
 
     def stats(self) -> tuple[Tensor, Tensor]:
@@ -883,12 +879,12 @@ def run(
     batcher = batcher or Batcher(cache)
     lease = batcher.join(request, prompt)
     try:
-        yield from _stream(pipe, request, lease, render, prompt, about, stop, clock)
+        yield from _leased_run(pipe, request, lease, render, prompt, about, stop, clock)
     finally:
         lease.leave()
 
 
-def _stream(
+def _leased_run(
     pipe: Pipeline,
     request: Request,
     lease: Lease,
