@@ -536,7 +536,7 @@ def create_demo(model: str | None = None) -> gr.Blocks:
                 )
                 with gr.Row(equal_height=True):
                     # No precision: 1.5 is refused, not silently rounded.
-                    seed_box = gr.Number(0, label="Seed", scale=5)
+                    seed_box = gr.Number(0, label="Seed", scale=5, elem_id="seed")
                     seed_dice = gr.Button("New", scale=0, min_width=64, size="sm")
                 speed_box = gr.Slider(
                     *studio.SPEED_RANGE,
