@@ -57,18 +57,6 @@ def preview(canvas: Tensor, patches: Tensor, grid: tuple[int, int]) -> Tensor:
     return tiles.view(B, h, w, 3, ph, pw).permute(0, 3, 1, 4, 2, 5).reshape(B, 3, h * ph, w * pw)
 
 
-def patch_in(
-    pixels: Tensor, decoded: Tensor, canvas: Tensor, patches: Tensor, grid: tuple[int, int]
-) -> Tensor:
-    """Brings `pixels`, decoded from canvas `decoded`, up to `canvas` without a decoder run:
-    cells whose token changed since are pasted from their code's preview patch."""
-    B, _, H, W = pixels.shape
-    h, w = grid
-    changed = (canvas != decoded).view(B, 1, h, w)
-    changed = changed.repeat_interleave(H // h, 2).repeat_interleave(W // w, 3)
-    return torch.where(changed, preview(canvas, patches, grid), pixels)
-
-
 @functools.cache
 def _hatching(H: int, W: int, ph: int) -> Tensor:
     """(H, W) diagonal grey stripes, three quarters of a pending cell's look."""
@@ -93,15 +81,52 @@ def mark_progress(
     pending = pending.repeat_interleave(ph, 1).repeat_interleave(pw, 2)  # (B, H, W)
     out = torch.where(pending[:, None], 0.25 * images + _hatching(H, W, ph), images)
     frames = to_uint8(out)
-    if newest is not None:
-        for b, pos in enumerate(newest.tolist()):
-            if pos < 0:  # a finished panel beside unfinished ones
-                continue
-            r, c = divmod(pos, w)
-            y0, x0, y1, x1 = r * ph, c * pw, (r + 1) * ph - 1, (c + 1) * pw - 1
-            frames[b, y0 : y1 + 1, [x0, x1]] = HIGHLIGHT
-            frames[b, [y0, y1], x0 : x1 + 1] = HIGHLIGHT
+    return frames if newest is None else outline(frames, newest, grid)
+
+
+def outline(frames: np.ndarray, newest: Tensor, grid: tuple[int, int]) -> np.ndarray:
+    """Outlines each panel's newest cell, in place: frames (B, H, W, 3) uint8, newest (B,)
+    raster positions (-1: none). Returns frames."""
+    _, H, W, _ = frames.shape
+    h, w = grid
+    ph, pw = H // h, W // w
+    for b, pos in enumerate(newest.tolist()):
+        if pos < 0:  # a finished panel beside unfinished ones
+            continue
+        r, c = divmod(pos, w)
+        y0, x0, y1, x1 = r * ph, c * pw, (r + 1) * ph - 1, (c + 1) * pw - 1
+        frames[b, y0 : y1 + 1, [x0, x1]] = HIGHLIGHT
+        frames[b, [y0, y1], x0 : x1 + 1] = HIGHLIGHT
     return frames
+
+
+class LiveFrames:
+    """Frames of a canvas that fills cell by cell, as mark_progress draws them, kept as uint8:
+    each newly filled cell is pasted from its code's preview patch, so a frame costs what its
+    new cells cost rather than a pass over every pixel. Cells only fill (never empty again)."""
+
+    def __init__(
+        self, pixels: Tensor, canvas: Tensor, patches: Tensor, grid: tuple[int, int]
+    ) -> None:
+        """pixels (B, 3, H, W) decoded or previewed from canvas (B, L); patches (V, 3, ph, pw)
+        as code_patches gives them."""
+        self.frames = mark_progress(pixels, canvas, None, grid)  # (B, H, W, 3)
+        self.canvas = canvas.clone()
+        self.patches = to_uint8(patches)  # (V, ph, pw, 3)
+        self.grid = grid
+
+    def __call__(self, canvas: Tensor, newest: Tensor | None) -> np.ndarray:
+        """(B, L) canvas, (B,) newest positions -> (B, H, W, 3) uint8 frames."""
+        w = self.grid[1]
+        ph, pw = self.patches.shape[1:3]
+        cells = (canvas != self.canvas).nonzero()  # (n, 2): panel, raster position
+        tokens = canvas[cells[:, 0], cells[:, 1]].tolist()
+        for (b, pos), token in zip(cells.tolist(), tokens, strict=True):
+            r, c = divmod(pos, w)
+            self.frames[b, r * ph : (r + 1) * ph, c * pw : (c + 1) * pw] = self.patches[token]
+        self.canvas = canvas.clone()
+        frames = self.frames.copy()
+        return frames if newest is None else outline(frames, newest, self.grid)
 
 
 @functools.cache  # read from disk once per size: sheets and heatmaps draw text every run

@@ -35,10 +35,10 @@ from .orders import check_order_name
 from .pipeline import Pipeline, load_pipeline
 from .registry import MODEL_NAMES, RUNTIMES, spec
 from .render import (
+    LiveFrames,
     code_patches,
     display_scale,
     mark_progress,
-    patch_in,
     preview,
     save_animation,
     sheet,
@@ -153,6 +153,11 @@ class ModelCache:
                     int8=int8,
                     compile=self.compile and backend == "torch",
                 )
+                if self.device.type == "cpu":  # (on ZeroGPU the decoder needs a GPU call)
+                    # The first frame needs them: RAR-B's take 14 s on one AMD EPYC core.
+                    threading.Thread(
+                        target=self.patches, args=(self._pipelines[key],), daemon=True
+                    ).start()
             return self._pipelines[key]
 
     def patches(self, pipe: Pipeline) -> Tensor:
@@ -765,8 +770,7 @@ class Renderer:
         self, cache: ModelCache, pipe: Pipeline, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.cache, self.pipe, self.clock = cache, pipe, clock
-        self.pixels: Tensor | None = None  # the last full decode (or preview) ...
-        self.decoded: Tensor | None = None  # ... of this canvas
+        self.live: LiveFrames | None = None  # from the last full decode (or first preview)
         # Until a decode has been timed, the first is due FIRST_DECODE_S after the first frame.
         self.decoded_at, self.decode_cost = -math.inf, FIRST_DECODE_S * DECODE_SHARE
 
@@ -775,18 +779,15 @@ class Renderer:
         forces a full decode."""
         now = self.clock()
         patches = self.cache.patches(self.pipe)
-        if self.pixels is None and not decode:
-            self.pixels, self.decoded = preview(canvas, patches, self.pipe.grid), canvas
+        if self.live is None and not decode:
+            pixels = preview(canvas, patches, self.pipe.grid)
+            self.live = LiveFrames(pixels, canvas, patches, self.pipe.grid)
             self.decoded_at = now
-            pixels = self.pixels
         elif decode or now - self.decoded_at >= self.decode_cost / DECODE_SHARE:
-            self.pixels, self.decoded = self.pipe.decode(canvas), canvas
+            self.live = LiveFrames(self.pipe.decode(canvas), canvas, patches, self.pipe.grid)
             self.decoded_at = self.clock()
             self.decode_cost = self.decoded_at - now
-            pixels = self.pixels
-        else:
-            pixels = patch_in(self.pixels, self.decoded, canvas, patches, self.pipe.grid)
-        return mark_progress(pixels, canvas, newest, self.pipe.grid)
+        return self.live(canvas, newest)
 
     def blank(self, batch: int) -> np.ndarray:
         """The frame before the first step: every cell pending, no decoder run."""

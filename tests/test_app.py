@@ -438,3 +438,46 @@ def test_a_transparent_picture_reaches_the_edit_on_white(client: Client, tmp_pat
     )  # fmt: skip
     final = np.asarray(Image.fromarray(_finals(out)[0]).resize((64, 64), Image.NEAREST))
     assert final[:, 56:].mean() > 200  # the kept right edge is white, not black
+
+
+def test_streamed_values_are_postprocessed_once_each() -> None:
+    """The run events skip Gradio's postprocess: _postprocessed does it, once per new value,
+    into what Gradio sends (a Gallery's JSON, a file's FileData)."""
+    import gradio as gr
+
+    import app
+
+    with gr.Blocks():
+        status, gallery = gr.Markdown(), gr.Gallery(format="png")
+    calls: list[object] = []
+    markdown = status.postprocess
+    status.postprocess = lambda value: calls.append(value) or markdown(value)
+    image = np.zeros((4, 4, 3), np.uint8)
+    finals = [(image, "raster")]
+
+    def run() -> Iterator[tuple]:
+        step = 1
+        for _ in range(2):  # equal strings, but new objects: postprocessed each time
+            yield f"  **Step {step}**", None
+        yield (done := "**Done**"), finals
+        yield done, finals  # the same objects: nothing postprocessed
+
+    out = list(app._postprocessed(run, [status, gallery])())
+    assert [o[0] for o in out] == ["**Step 1**", "**Step 1**", "**Done**", "**Done**"]
+    assert calls == ["  **Step 1**", "  **Step 1**", "**Done**"]
+    sent = out[-1][1]
+    assert sent is out[-2][1] and sent[0]["caption"] == "raster"
+    assert Path(sent[0]["image"]["path"]).is_file()
+
+
+def test_the_queue_polls_at_the_apps_pace() -> None:
+    """create_demo slows Gradio's idle queue poll through an attribute of Gradio's own (a
+    rename in a new Gradio would otherwise leave a dead setting)."""
+    import gradio as gr
+
+    import app
+
+    with gr.Blocks() as plain:
+        gr.Markdown()
+    assert hasattr(plain.queue()._queue, "sleep_when_free")
+    assert app.create_demo("bundled")._queue.sleep_when_free == app.QUEUE_POLL_S

@@ -10,10 +10,10 @@ from PIL import Image
 
 from rar_demo.render import (
     HIGHLIGHT,
+    LiveFrames,
     code_patches,
     display_scale,
     mark_progress,
-    patch_in,
     preview,
     save_animation,
     sheet,
@@ -66,16 +66,33 @@ def test_code_patches_tile_a_decode(tokenizer: VQGAN) -> None:
     torch.testing.assert_close(pasted[0, :, 2:4, 4:6], patches[canvas[0, 6]])
 
 
-def test_patch_in_changes_only_the_new_cells(tokenizer: VQGAN) -> None:
+def test_live_frames_paste_new_cells_as_a_full_redraw_would(tokenizer: VQGAN) -> None:
+    """Frame by frame, cells filled since the start show their code's patch, the rest the
+    starting pixels, pending cells hatched and the newest outlined: what mark_progress draws
+    over the whole picture, pasted cell by cell."""
     patches = code_patches(tokenizer)
-    decoded = torch.zeros(1, 16, dtype=torch.long)
-    pixels = torch.full((1, 3, 8, 8), 0.5)
-    canvas = decoded.clone()
-    canvas[0, 5] = 7
-    out = patch_in(pixels, decoded, canvas, patches, GRID)
-    changed = (out != pixels).any(1)[0]
-    assert changed[2:4, 2:4].all() or torch.equal(patches[7], pixels[0, :, :2, :2])
-    assert not changed[:2].any() and not changed[4:].any()
+    gen = torch.Generator().manual_seed(0)
+    B, V = 2, TINY_VQGAN.codebook_size
+    start = torch.full((B, 16), -1)
+    start[:, :3] = torch.randint(0, V, (B, 3), generator=gen)  # kept cells, as in an edit
+    pixels = torch.rand(B, 3, 8, 8, generator=gen)  # decoded from `start`
+    live = LiveFrames(pixels, start, patches, GRID)
+    canvas = start.clone()
+    for step, pos in enumerate(torch.randperm(13, generator=gen) + 3):
+        canvas[:, pos] = torch.randint(0, V, (B,), generator=gen)
+        newest = torch.tensor([int(pos), -1 if step % 2 else int(pos)])
+        expected_pixels = torch.where(
+            (canvas != start).view(B, 1, 4, 1, 4, 1).expand(B, 1, 4, 2, 4, 2).reshape(B, 1, 8, 8),
+            preview(canvas, patches, GRID),
+            pixels,
+        )
+        expected = mark_progress(expected_pixels, canvas, newest, GRID)
+        np.testing.assert_array_equal(live(canvas, newest), expected)
+    # A frame handed out is the caller's: drawing the next one leaves it as it was.
+    first = live(canvas, torch.tensor([3, 3]))
+    shown = first.copy()
+    live(canvas, torch.tensor([5, 5]))
+    np.testing.assert_array_equal(first, shown)
 
 
 def test_display_scale_brings_small_models_to_256_px() -> None:
