@@ -16,6 +16,7 @@ import torch
 import app
 from rar_demo import studio
 from rar_demo.registry import imagenet_classes
+from rar_demo.render import LiveFrames
 from rar_demo.sampler import tokens_per_step
 
 ORDERS = ["raster", "random"]
@@ -76,7 +77,7 @@ def test_renderer_bounds_decoding_and_previews_in_between(
     cache: studio.ModelCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = FakeClock()
-    render = studio.Renderer(cache, cache.get("bundled"), clock=clock)
+    render = studio.Renderer(cache, cache.get("bundled"), clock=clock, background=False)
     pipe = render.pipe
     decodes = []
     real_decode = pipe.decode
@@ -99,6 +100,44 @@ def test_renderer_bounds_decoding_and_previews_in_between(
     assert all(f.shape == (2, 64, 64, 3) and f.dtype == np.uint8 for f in frames)
     # Previews still move: every frame differs from the one before.
     assert all((a != b).any() for a, b in itertools.pairwise(frames))
+
+
+def test_a_slow_decode_runs_beside_the_frames(
+    cache: studio.ModelCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a full decode runs (here: held until released), frames keep coming from patches;
+    the first frame after it ends shows the decode, of the canvas it was started on."""
+    clock = FakeClock()
+    render = studio.Renderer(cache, cache.get("bundled"), clock=clock)
+    pipe = render.pipe
+    release, started = threading.Event(), threading.Event()
+    real_decode = pipe.decode
+
+    def held_decode(canvas: torch.Tensor) -> torch.Tensor:
+        started.set()
+        assert release.wait(30)
+        return real_decode(canvas)
+
+    monkeypatch.setattr(pipe, "decode", held_decode)
+    events = list(pipe.stream(0, pipe.orders(ORDERS, 0), seed=0))
+    try:
+        render(events[0].canvas, events[0].positions)  # patches only
+        clock.now = studio.FIRST_DECODE_S + 0.1
+        render(events[100].canvas, events[100].positions)  # starts the decode
+        assert started.wait(30)
+        for event in events[101:110]:  # the decode is held: these frames do not wait for it
+            render(event.canvas, event.positions)
+        release.set()
+        render._pending[0].result(timeout=30)  # the decode is done
+        frame = render(events[120].canvas, events[120].positions)
+    finally:
+        release.set()
+        render.close()
+    # Cells placed by step 100 show the decode; those placed later, their code's patch.
+    decoded = LiveFrames(
+        real_decode(events[100].canvas), events[100].canvas, cache.patches(pipe), pipe.grid
+    )
+    np.testing.assert_array_equal(frame, decoded(events[120].canvas, events[120].positions))
 
 
 def test_parse_fills_model_defaults_and_checks_ranges(cache: studio.ModelCache) -> None:
