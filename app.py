@@ -6,6 +6,7 @@ request checks, paced frames, results) is rar_demo/studio.py.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import html
 import inspect
@@ -162,12 +163,14 @@ def _postprocessed(fn: Callable[..., Iterator[tuple]], outputs: list) -> Callabl
     @functools.wraps(fn)
     def streamed(*args: Any, **kwargs: Any) -> Iterator[tuple]:
         sent: list[tuple[Any, Any]] = [(object(), None)] * len(outputs)  # (value, as sent)
-        for values in fn(*args, **kwargs):
-            for i, (component, value) in enumerate(zip(outputs, values, strict=True)):
-                if value is not sent[i][0]:
-                    out = component.postprocess(value)
-                    sent[i] = (value, out.model_dump() if hasattr(out, "model_dump") else out)
-            yield tuple(out for _, out in sent)
+        # closing: a run closed early (Stop, a client gone) leaves its batch at once.
+        with contextlib.closing(fn(*args, **kwargs)) as stream:
+            for values in stream:
+                for i, (component, value) in enumerate(zip(outputs, values, strict=True)):
+                    if value is not sent[i][0]:
+                        out = component.postprocess(value)
+                        sent[i] = (value, out.model_dump() if hasattr(out, "model_dump") else out)
+                yield tuple(out for _, out in sent)
 
     return streamed
 

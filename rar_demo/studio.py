@@ -767,7 +767,7 @@ class Renderer:
 
     With `background`, a due decode runs in a thread of its own and frames keep coming from
     patches meanwhile (RAR-B's decoder takes 3.7 s on one AMD EPYC core); it shows from the
-    first frame after it is done. Call close() when done.
+    first frame after it is done. Call close() at the end of a run.
     """
 
     def __init__(
@@ -821,9 +821,11 @@ class Renderer:
         self.decoded_at, self.decode_cost = end, end - start
 
     def close(self) -> None:
-        """Lets a decode still running finish on its own; nothing waits for it."""
+        """Waits for a decode still running (at most one): none outlives its run, which on
+        ZeroGPU is a GPU call."""
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pending = None
 
     def blank(self, batch: int) -> np.ndarray:
         """The frame before the first step: every cell pending, no decoder run."""

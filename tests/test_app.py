@@ -481,3 +481,12 @@ def test_the_queue_polls_at_the_apps_pace() -> None:
         gr.Markdown()
     assert hasattr(plain.queue()._queue, "sleep_when_free")
     assert app.create_demo("bundled")._queue.sleep_when_free == app.QUEUE_POLL_S
+
+
+def test_the_run_events_postprocess_their_own_outputs() -> None:
+    import app
+
+    demo = app.create_demo("bundled")
+    runs = [fn for fn in demo.fns.values() if fn.concurrency_id == "runs"]
+    wrapped = {fn.fn.__wrapped__ for fn in runs if not fn.postprocess}
+    assert wrapped == {app.generate, app.edit, app.edit_from_editor}

@@ -140,6 +140,36 @@ def test_a_slow_decode_runs_beside_the_frames(
     np.testing.assert_array_equal(frame, decoded(events[120].canvas, events[120].positions))
 
 
+def test_closing_a_renderer_waits_for_its_decode(
+    cache: studio.ModelCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No decode outlives its run (on ZeroGPU a run is a GPU call)."""
+    clock = FakeClock()
+    render = studio.Renderer(cache, cache.get("bundled"), clock=clock)
+    pipe = render.pipe
+    release, finished = threading.Event(), threading.Event()
+    real_decode = pipe.decode
+
+    def held_decode(canvas: torch.Tensor) -> torch.Tensor:
+        assert release.wait(30)
+        pixels = real_decode(canvas)
+        finished.set()
+        return pixels
+
+    monkeypatch.setattr(pipe, "decode", held_decode)
+    events = list(itertools.islice(pipe.stream(0, pipe.orders(ORDERS, 0), seed=0), 10))
+    render(events[0].canvas, events[0].positions)
+    clock.now = studio.FIRST_DECODE_S + 0.1
+    render(events[9].canvas, events[9].positions)  # starts the decode
+    closer = threading.Thread(target=render.close)
+    closer.start()
+    closer.join(0.5)
+    assert closer.is_alive()  # held: close waits for it
+    release.set()
+    closer.join(30)
+    assert not closer.is_alive() and finished.is_set()
+
+
 def test_parse_fills_model_defaults_and_checks_ranges(cache: studio.ModelCache) -> None:
     request = studio.parse(cache, "bundled", "2", ORDERS, 7)
     assert request.class_id == 2 and request.seed == 7
