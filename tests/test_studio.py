@@ -15,6 +15,7 @@ import torch
 
 import app
 from rar_demo import studio
+from rar_demo.pipeline import Pipeline
 from rar_demo.registry import imagenet_classes
 from rar_demo.render import LiveFrames
 from rar_demo.sampler import tokens_per_step
@@ -102,6 +103,24 @@ def test_renderer_bounds_decoding_and_previews_in_between(
     assert all((a != b).any() for a, b in itertools.pairwise(frames))
 
 
+def _hold_decodes(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> tuple[threading.Event, threading.Event, threading.Event]:
+    """Makes pipe.decode wait until `release` is set: returns (release, started, finished)."""
+    release, started, finished = threading.Event(), threading.Event(), threading.Event()
+    real_decode = pipe.decode
+
+    def held_decode(canvas: torch.Tensor) -> torch.Tensor:
+        started.set()
+        assert release.wait(30)
+        pixels = real_decode(canvas)
+        finished.set()
+        return pixels
+
+    monkeypatch.setattr(pipe, "decode", held_decode)
+    return release, started, finished
+
+
 def test_a_slow_decode_runs_beside_the_frames(
     cache: studio.ModelCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -110,15 +129,8 @@ def test_a_slow_decode_runs_beside_the_frames(
     clock = FakeClock()
     render = studio.Renderer(cache, cache.get("bundled"), clock=clock)
     pipe = render.pipe
-    release, started = threading.Event(), threading.Event()
     real_decode = pipe.decode
-
-    def held_decode(canvas: torch.Tensor) -> torch.Tensor:
-        started.set()
-        assert release.wait(30)
-        return real_decode(canvas)
-
-    monkeypatch.setattr(pipe, "decode", held_decode)
+    release, started, _ = _hold_decodes(pipe, monkeypatch)
     events = list(pipe.stream(0, pipe.orders(ORDERS, 0), seed=0))
     try:
         render(events[0].canvas, events[0].positions)  # patches only
@@ -147,16 +159,7 @@ def test_closing_a_renderer_waits_for_its_decode(
     clock = FakeClock()
     render = studio.Renderer(cache, cache.get("bundled"), clock=clock)
     pipe = render.pipe
-    release, finished = threading.Event(), threading.Event()
-    real_decode = pipe.decode
-
-    def held_decode(canvas: torch.Tensor) -> torch.Tensor:
-        assert release.wait(30)
-        pixels = real_decode(canvas)
-        finished.set()
-        return pixels
-
-    monkeypatch.setattr(pipe, "decode", held_decode)
+    release, _, finished = _hold_decodes(pipe, monkeypatch)
     events = list(itertools.islice(pipe.stream(0, pipe.orders(ORDERS, 0), seed=0), 10))
     render(events[0].canvas, events[0].positions)
     clock.now = studio.FIRST_DECODE_S + 0.1
