@@ -18,6 +18,7 @@ dropped 10% of the time for classifier-free guidance, AdamW with cosine LR after
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import time
@@ -342,18 +343,40 @@ def group_class_map(class_groups: tuple[str, ...], source_classes: tuple[str, ..
     return torch.tensor([index.get(group, 0) for group in class_groups])
 
 
+def cached_tokens(tokenizer: VQGAN, images: np.ndarray, folder: Path, flip: bool = False) -> Tensor:
+    """`tokenize`, kept in folder under a key of the tokenizer's weights and the images: a resumed
+    generator run starts training at once instead of re-encoding the dataset for minutes."""
+    key = hashlib.sha256(np.ascontiguousarray(images).tobytes())
+    key.update(bytes([flip]))
+    for name, value in tokenizer.state_dict().items():
+        key.update(name.encode())
+        key.update(value.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    path = folder / f"tokens-{key.hexdigest()[:16]}.pt"
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    tokens = tokenize(tokenizer, images, flip)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(tokens, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)  # never a truncated cache
+    return tokens
+
+
 def train_generator(args: argparse.Namespace) -> None:
     device = args.device
     data = load_or_build(args.data)
     tokenizer = tokenizer_from_run(args.tokenizer, device)
     train, heldout = data.train(), data.heldout_split()
+    cache = Path(args.data).parent
     # A mirrored emoji is still that emoji (mostly: arrows and flags turn): twice the data.
     tokens = torch.cat(
-        [tokenize(tokenizer, train.images), tokenize(tokenizer, train.images, flip=True)]
+        [
+            cached_tokens(tokenizer, train.images, cache),
+            cached_tokens(tokenizer, train.images, cache, flip=True),
+        ]
     )
     labels = torch.from_numpy(train.labels).repeat(2)
     heldout_tokens, heldout_labels = (
-        tokenize(tokenizer, heldout.images),
+        cached_tokens(tokenizer, heldout.images, cache),
         torch.from_numpy(heldout.labels),
     )
     config = generator_config(

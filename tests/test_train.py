@@ -18,6 +18,7 @@ from rar_demo.model import RAR
 from rar_demo.orders import sample_orders
 from rar_demo.train import (
     balanced_batches,
+    cached_tokens,
     generator_config,
     group_class_map,
     grow,
@@ -28,7 +29,7 @@ from rar_demo.train import (
     rar_loss,
     vq_forward,
 )
-from rar_demo.vqgan import VQGAN
+from rar_demo.vqgan import VQGAN, tokenize
 
 
 def test_random_ratio_schedule() -> None:
@@ -171,6 +172,25 @@ def test_tokenizer_steps_lower_the_loss() -> None:
         loss.backward()
         opt.step()
     assert loss_fn().item() < first * 0.7
+
+
+def test_cached_tokens_are_the_tokenizers_and_keyed_by_its_weights(tmp_path) -> None:
+    torch.manual_seed(0)
+    config = VQGANConfig(
+        channel_mult=(1, 2), hidden_channels=32, resolution=16, z_channels=8, codebook_size=16
+    )
+    model = VQGAN(config).eval()
+    images = np.random.default_rng(0).integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+    first = cached_tokens(model, images, tmp_path)
+    assert torch.equal(first, tokenize(model, images))
+    assert len(list(tmp_path.glob("tokens-*.pt"))) == 1
+    assert torch.equal(cached_tokens(model, images, tmp_path), first)  # read back
+    flipped = cached_tokens(model, images, tmp_path, flip=True)
+    assert torch.equal(flipped, tokenize(model, images, flip=True))
+    with torch.no_grad():  # other weights, other tokens: never a stale entry
+        model.quantize.embedding.weight.copy_(model.quantize.embedding.weight.flip(0))
+    assert torch.equal(cached_tokens(model, images, tmp_path), tokenize(model, images))
+    assert len(list(tmp_path.glob("tokens-*.pt"))) == 3
 
 
 CLASSES = tuple(
