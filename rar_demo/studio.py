@@ -442,6 +442,7 @@ class Update:
     animation: str | Keep | None = KEEP  # a file path
     order_plot: bytes | Keep | None = KEEP  # PNG
     stats_plot: bytes | Keep | None = KEEP  # PNG
+    frame: bool = False  # a live frame: a page may show it a moment late, with the next ones
 
 
 class Pacer:
@@ -980,6 +981,7 @@ def _leased_run(
         yield Update(
             status=f"**Step {step}** · {about}",
             panels=dict(zip(names, frames, strict=True)),
+            frame=True,
         )
         # At most MAX_FPS frames (what a browser could show anyway), and fewer while many
         # runs share the cores: all their frames together take at most FRAME_SHARE of one.

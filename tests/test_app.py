@@ -38,14 +38,23 @@ def client(url: str) -> Client:
 
 
 DATA_URI = re.compile(r'src="data:image/\w+;base64,([^"]+)"')
+FIGURE = re.compile(r'<figure class="panel">.*?</figure>', re.S)
+
+
+def _flips(panels_html: str) -> list[list[np.ndarray]]:
+    """Each live panel's frames in one message (its inline images), in the order they show."""
+    return [
+        [
+            np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"))
+            for b64 in DATA_URI.findall(figure)
+        ]
+        for figure in FIGURE.findall(panels_html)
+    ]
 
 
 def _panels(out: tuple) -> list[np.ndarray]:
-    """The live panels of an update (its HTML's inline images), in order."""
-    return [
-        np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"))
-        for b64 in DATA_URI.findall(out[1])
-    ]
+    """The live panels as an update leaves them once its frames have played: each one's last."""
+    return [frames[-1] for frames in _flips(out[1])]
 
 
 def _finals(out: tuple) -> list[np.ndarray]:
@@ -84,13 +93,14 @@ def _steps(outputs: list[tuple]) -> list[tuple[int, tuple]]:
 
 def test_generation_streams_many_changing_frames(run_outputs: list[tuple]) -> None:
     steps = _steps(run_outputs)
-    assert len(steps) >= 20, f"only {len(steps)} intermediate updates"
     numbers = [s for s, _ in steps]
     assert numbers == sorted(set(numbers)) and numbers[-1] < 256
-    for (_, before), (_, after) in itertools.pairwise(steps):
-        old, new = _panels(before), _panels(after)
-        assert len(old) == len(new) == 2  # raster, random
-        for a, b in zip(old, new, strict=True):  # each frame shows at least one new token
+    # Every frame of every message, as the page plays them: several frames to a message.
+    frames = [frame for _, out in steps for frame in zip(*_flips(out[1]), strict=True)]
+    assert len(frames) >= 40 and len(frames) > 2 * len(steps), (len(frames), len(steps))
+    for before, after in itertools.pairwise(frames):
+        assert len(before) == len(after) == 2  # raster, random
+        for a, b in zip(before, after, strict=True):  # each frame shows at least one new token
             assert not np.array_equal(a, b)
     first = run_outputs[0]
     assert not first[2] and first[3] is None  # the last run's results are cleared
@@ -490,3 +500,47 @@ def test_the_run_events_postprocess_their_own_outputs() -> None:
     runs = [fn for fn in demo.fns.values() if fn.concurrency_id == "runs"]
     wrapped = {fn.fn.__wrapped__ for fn in runs if not fn.postprocess}
     assert wrapped == {app.generate, app.edit, app.edit_from_editor}
+
+
+def test_a_flipbook_sends_its_frames_in_messages_with_their_delays() -> None:
+    import app
+
+    now = [0.0]
+    book = app.Flipbook(clock=lambda: now[0])
+    frames = [
+        {"raster": np.full((8, 8, 3), 10 * i, np.uint8), "random": np.full((8, 8, 3), 5, np.uint8)}
+        for i in range(4)
+    ]
+    assert book.add(frames[0])  # nothing sent yet: out at once
+    first = book.take()
+    for t, frame in zip((0.05, 0.1), frames[1:3], strict=True):
+        now[0] = t
+        assert not book.add(frame)  # held: within FLIP_S of the last message
+    now[0] = 0.25
+    assert book.add(frames[3])
+    message = book.take()
+    assert [[f[0, 0, 0] for f in fs] for fs in _flips(first)] == [[0], [5]]
+    shown = _flips(message)
+    assert [[f[0, 0, 0] for f in fs] for fs in shown] == [[10, 20, 30], [5, 5, 5]]
+    assert re.findall(r"animation-delay: (\d+)ms", message) == ["50", "200"] * 2
+    assert 'class="live turn-1"' in first and 'class="live turn-0"' in message  # replayed
+    assert book.take() is None
+
+
+def test_held_frames_go_out_with_a_stop_and_give_way_to_newer_panels(monkeypatch) -> None:
+    import app
+
+    monkeypatch.setattr(app, "FLIP_S", 60.0)  # every frame after the first message is held
+    blank, *frames = ({"raster": np.full((8, 8, 3), v, np.uint8)} for v in (255, 1, 2, 3))
+    live = [studio.Update(status=f"Step {i}", panels=p, frame=True) for i, p in enumerate(frames)]
+    start = studio.Update(status="Starting", panels=blank)
+    stopped = studio.Update(status="Stopped at step 3")
+    monkeypatch.setattr(app, "_run", lambda request, stop: iter([start, *live, stopped]))
+    out = list(app._stream(None, None))
+    assert [o[0] for o in out] == ["Starting", "Stopped at step 3"]
+    assert [f[0, 0, 0] for f in _flips(out[1][1])[0]] == [1, 2, 3]  # the frames held, played
+    done = studio.Update(status="Done", panels={"raster": np.full((8, 8, 3), 9, np.uint8)})
+    monkeypatch.setattr(app, "_run", lambda request, stop: iter([start, *live, done]))
+    out = list(app._stream(None, None))
+    assert [o[0] for o in out] == ["Starting", "Done"]
+    assert [f[0, 0, 0] for f in _flips(out[1][1])[0]] == [9]  # the finals, not stale frames

@@ -65,6 +65,21 @@ def _choose(page: Page, class_name: str, orders: list[str], speed: int) -> None:
     speed_box.press("Enter")
 
 
+# Counts, every few ms, the messages that reached the live panels (each flips the block's
+# turn class) and the frames the first panel showed (its topmost visible image).
+WATCH_FRAMES = """() => {
+  const seen = window.seen = {messages: 0, frames: 0};
+  let turn = null, frame = null;
+  setInterval(() => {
+    const live = document.querySelector('.live');
+    if (live && live.className !== turn) { turn = live.className; seen.messages++; }
+    const shown = [...document.querySelectorAll('.panel')][0]?.querySelectorAll('img') ?? [];
+    const top = [...shown].filter(i => getComputedStyle(i).visibility === 'visible').pop();
+    if (top && top.src !== frame) { frame = top.src; seen.frames++; }
+  }, 5);
+}"""
+
+
 def test_generation_animates_the_panels_then_shows_results(page: Page) -> None:
     _choose(page, "Food & Drink", ["raster", "spiral"], speed=32)  # ~8 s: time to watch
     panels = page.locator(".panel")
@@ -72,6 +87,7 @@ def test_generation_animates_the_panels_then_shows_results(page: Page) -> None:
     expect(panels.first).to_contain_text("raster")
     expect(panels.last).to_contain_text("spiral")
 
+    page.evaluate(WATCH_FRAMES)
     page.get_by_role("button", name="Generate").click()
     status = page.locator("#status")
     expect(status).to_contain_text("Step", timeout=60_000)
@@ -81,10 +97,14 @@ def test_generation_animates_the_panels_then_shows_results(page: Page) -> None:
         time.sleep(0.25)
     distinct = len(set(shots))
     assert distinct >= 5, f"the panels changed only {distinct} times during the run"
+    # Each message carries several frames (app.FLIP_S), and the page plays them all.
+    seen = page.evaluate("window.seen")
+    assert seen["frames"] >= 2 * seen["messages"] >= 20, seen
 
     expect(status).to_contain_text("Done", timeout=60_000)
     expect(status).to_contain_text("Food & Drink")
-    for panel in panels.all():
+    for panel in panels.all():  # the final images, one to a panel
+        expect(panel.locator("img")).to_have_count(1)
         expect(panel.locator("img")).to_be_visible()
     expect(page.locator("#animation")).to_contain_text(".webp", timeout=30_000)
     for plot in ("#order-plot", "#stats-plot"):  # order heatmaps, per-step confidence
@@ -138,7 +158,8 @@ def test_generate_clears_the_panels_at_once(page: Page) -> None:
     # Within a moment both panels are pending (hatched, light), not the last run's picture.
     time.sleep(0.5)
     for panel in panels.all():
-        pixels = np.asarray(Image.open(io.BytesIO(panel.locator("img").screenshot())))[..., :3]
+        shot = panel.locator("img").last.screenshot()  # the last frame shows on top
+        pixels = np.asarray(Image.open(io.BytesIO(shot)))[..., :3]
         assert pixels.mean() > 150, "a panel still shows an earlier picture"
 
 
