@@ -54,8 +54,8 @@ except ImportError:
 CACHE = studio.ModelCache(
     "cuda" if torch.cuda.is_available() else "cpu",
     compile=os.environ.get("RAR_DEMO_COMPILE") == "1",
+    runtimes=studio.runtimes(os.environ),
 )
-RUNTIME_CHOICES = studio.runtimes(os.environ)
 # Runs that queue up share batches; on ZeroGPU each run is a GPU call of its own (a forked
 # worker), so each samples alone there.
 BATCHER = None if studio.zero_gpu(os.environ) else studio.Batcher(CACHE)
@@ -108,11 +108,11 @@ LOG = logging.getLogger("rar_studio")
 STOPS: dict[str, threading.Event] = {}  # session -> its run's stop flag
 
 
-def _load(model: str, runtime: str) -> Pipeline | None:
+def _load(model: str, runtime: str | None) -> Pipeline | None:
     """The model for the controls, or None after a warning: an error would cover them up,
     and Generate reports the same problem as an error anyway."""
     try:
-        return CACHE.get(model, runtime)
+        return CACHE.get(model, CACHE.runtime_for(model, runtime))
     except (ValueError, WeightsUnavailable) as err:
         gr.Warning(str(err))
         return None
@@ -266,7 +266,7 @@ def generate(
     temperature: float | None = None,
     top_k: float | None = None,
     speed: float = studio.DEFAULT_SPEED,
-    runtime: str = "torch",
+    runtime: str | None = None,
     steps: float | list[float] = studio.STEP_CHOICES[0],
     schedule: str = studio.DEFAULT_SCHEDULE,
     request: gr.Request | None = None,
@@ -286,7 +286,9 @@ def generate(
         temperature: sampling temperature; empty for the model's default.
         top_k: keep only the k likeliest tokens (0 = off); empty for the model's default.
         speed: at most this many steps per second.
-        runtime: "torch", "onnx" or "onnx int8" (official models only).
+        runtime: "auto" (the fastest here: on a CPU "onnx int8" for the official models and
+            "onnx" for bundled, on a GPU torch), "torch", "onnx" or "onnx int8" (official
+            models only).
         steps: sampler steps for the 256 tokens: 256 is one token per step; fewer decode
             several tokens per step (parallel decoding, on every runtime). A list compares
             step counts: each order is shown at each (at most 4 panels in all).
@@ -350,7 +352,7 @@ def edit(
     temperature: float | None = None,
     top_k: float | None = None,
     speed: float = studio.DEFAULT_SPEED,
-    runtime: str = "torch",
+    runtime: str | None = None,
     steps: float | list[float] | None = None,
     schedule: str = studio.DEFAULT_SCHEDULE,
     request: gr.Request | None = None,
@@ -374,7 +376,9 @@ def edit(
         temperature: sampling temperature; empty for the model's default.
         top_k: keep only the k likeliest tokens (0 = off); empty for the model's default.
         speed: at most this many steps per second.
-        runtime: "torch", "onnx" or "onnx int8" (official models only).
+        runtime: "auto" (the fastest here: on a CPU "onnx int8" for the official models and
+            "onnx" for bundled, on a GPU torch), "torch", "onnx" or "onnx int8" (official
+            models only).
         steps: sampler steps for the regenerated cells (256 or empty: one token per step),
             or a list of step counts to compare.
         schedule: "cosine" or "constant", when steps < 256.
@@ -487,6 +491,7 @@ def select_model(
 ) -> tuple:
     """Loads `model` on `runtime` (downloading or exporting it if needed): its classes and
     its sampler defaults."""
+    runtime = CACHE.runtime_for(model, runtime)
     if runtime != "torch" and not CACHE.has(model, runtime):
         progress(0, desc="Preparing the ONNX export (built on first use, then cached)")
     pipe = _load(model, runtime)
@@ -494,6 +499,28 @@ def select_model(
         return (gr.skip(),) * 5
     classes = gr.Dropdown(choices=pipe.class_choices(), value=studio.keep_class(pipe, class_name))
     return classes, *studio.sampler_values(pipe.sampling)
+
+
+def runtime_choices(model: str) -> list[tuple[str, str]]:
+    """The Runtime choices for `model`, "auto" naming the runtime it stands for here."""
+    auto = (f"auto: {CACHE.default_runtime(model)}", studio.AUTO_RUNTIME)
+    return [auto, *((name, name) for name in CACHE.runtimes)]
+
+
+def pick_model(
+    model: str,
+    runtime: str,
+    class_name: str,
+    progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008
+) -> tuple:
+    """A model picked: `select_model`, with "auto" relabelled for it, and back to auto where
+    the runtime chosen before does not run it."""
+    try:
+        CACHE.check_runtime(model, CACHE.runtime_for(model, runtime))
+    except ValueError:
+        runtime = studio.AUTO_RUNTIME
+    choice = gr.Radio(choices=runtime_choices(model), value=runtime)
+    return choice, *select_model(model, runtime, class_name, progress)
 
 
 def random_class(model: str, runtime: str, current: str) -> str | dict:
@@ -515,11 +542,12 @@ def random_seed() -> int:
 
 
 def blank_panels(
-    model: str, orders: list[str], steps: list[int] | None = None, runtime: str = "torch"
+    model: str, orders: list[str], steps: list[int] | None = None, runtime: str | None = None
 ) -> str | dict:
     """Hatched, labelled panels for the chosen orders and step counts: shown the moment they
     change or Generate is pressed, so no earlier picture stands under a new label."""
     names = studio.panel_names(list(orders or []), list(steps or []))
+    runtime = CACHE.runtime_for(model, runtime)
     if not names or len(names) > studio.MAX_PANELS or not CACHE.has(model, runtime):
         return gr.skip()  # Generate says what is wrong
     render = studio.Renderer(CACHE, CACHE.get(model, runtime))
@@ -554,10 +582,11 @@ def _sampler_box(label: str, step: float, precision: int | None = None) -> gr.Nu
 def create_demo(model: str | None = None) -> gr.Blocks:
     model = model or studio.default_model(os.environ)
     try:
-        pipe = CACHE.get(model)
+        pipe = CACHE.get(model, CACHE.default_runtime(model))
     except WeightsUnavailable as err:
         warnings.warn(f"{err} Starting with the bundled model instead.", stacklevel=2)
-        model, pipe = "bundled", CACHE.get("bundled")
+        model = "bundled"
+        pipe = CACHE.get(model, CACHE.default_runtime(model))
     private: dict[str, Any] = {"api_visibility": "private"}
 
     with gr.Blocks(title="RAR Studio", delete_cache=(600, 1800)) as demo:
@@ -578,10 +607,11 @@ def create_demo(model: str | None = None) -> gr.Blocks:
                 with gr.Row():
                     model_box = gr.Dropdown(list(MODEL_NAMES), value=model, label="Model")
                     runtime_box = gr.Radio(
-                        RUNTIME_CHOICES,
-                        value="torch",
+                        runtime_choices(model),
+                        value=studio.AUTO_RUNTIME,
                         label="Runtime",
-                        visible=len(RUNTIME_CHOICES) > 1,
+                        info="auto: the fastest here",
+                        visible=len(CACHE.runtimes) > 1,
                     )
                 with gr.Tabs() as mode_tabs:
                     with gr.Tab("Generate", id="generate"):
@@ -743,13 +773,9 @@ def create_demo(model: str | None = None) -> gr.Blocks:
         )
         finals.select(edit_this, None, [editor, mode_tabs], **private)
         demo.load(fill_defaults, [model_box, runtime_box, *sampler_boxes], sampler_boxes, **private)
-        gr.on(
-            [model_box.change, runtime_box.change],
-            select_model,
-            [model_box, runtime_box, class_box],
-            [class_box, *sampler_boxes],
-            **private,
-        )
+        choice = [model_box, runtime_box, class_box]
+        model_box.change(pick_model, choice, [runtime_box, class_box, *sampler_boxes], **private)
+        runtime_box.change(select_model, choice, [class_box, *sampler_boxes], **private)
         class_dice.click(random_class, [model_box, runtime_box, class_box], class_box, **private)
         seed_dice.click(random_seed, None, seed_box, **private)
         gr.on(

@@ -100,8 +100,9 @@ def speed(repeats: int) -> None:
 def client(url: str, model: str, n: int) -> None:
     """One run through the API at speed 512: prints [wall seconds, frames seen]."""
     job = Client(url, verbose=False, download_files=False).submit(
-        model=model, class_name="0", orders=ORDERS[:n], seed=0, speed=512, api_name="/generate"
-    )
+        model=model, class_name="0", orders=ORDERS[:n], seed=0, speed=512, runtime="torch",
+        api_name="/generate",
+    )  # fmt: skip
     start = time.monotonic()
     job.result(timeout=1800)
     # Each message carries a few frames (app.FLIP_S): count the first panel's images.
@@ -124,7 +125,7 @@ def load(clients: int) -> None:
         client = Client(url, verbose=False, download_files=False)
         job = client.submit(
             model="bundled", class_name="Flags", orders=ORDERS[:2], seed=i, speed=512,
-            api_name="/generate",
+            runtime="torch", api_name="/generate",
         )  # fmt: skip
         first = None
         for out in job:

@@ -68,12 +68,17 @@ class ModelSpec:
     sampling: SamplingConfig  # the defaults of the UI, CLI and API
     gpu_dtype: torch.dtype  # the generator's weights on a GPU (CPUs run fp32)
     runtimes: tuple[str, ...]  # keys of RUNTIMES this model may run on
+    # The fastest of them on a CPU, measured on AVX-512 and AVX2 machines alike (README,
+    # Benchmarks): what the app runs unless told otherwise. A GPU runs torch (CUDA graphs).
+    cpu_runtime: str
     examples: tuple[Example, ...]
     runtime_note: str = ""  # why a runtime is not offered
 
     def __post_init__(self) -> None:
         if unknown := set(self.runtimes) - set(RUNTIMES):
             raise ValueError(f"{self.name}: unknown runtimes {sorted(unknown)}")
+        if self.cpu_runtime not in self.runtimes:
+            raise ValueError(f"{self.name}: cpu_runtime {self.cpu_runtime!r} is not offered")
         if self.generator.codebook_size != self.tokenizer.codebook_size:
             raise ValueError(f"{self.name}: generator and tokenizer codebooks differ")
         if self.generator.grid_size != self.tokenizer.grid_size:
@@ -113,6 +118,9 @@ def _official(
         # Half the bytes a step reads; on a GPU the speed targets assume it.
         gpu_dtype=torch.bfloat16,
         runtimes=tuple(RUNTIMES),
+        # RAR-B, 256 steps: 5.0 s against torch's 10.7 (Intel, AVX-512 VNNI); 8.5 s against
+        # 25.8 in bf16 and 32.0 in fp32 (AMD, AVX2).
+        cpu_runtime="onnx int8",
         examples=examples,
     )
 
@@ -143,6 +151,9 @@ _ENTRIES = (
         # changes the whole sample.
         runtimes=("torch", "onnx"),
         runtime_note="int8 changes the bundled model's pictures; it runs fast in fp32",
+        # 4 panels, 256 steps, one thread (as the app samples): 1.19 s against torch's 1.62
+        # (Intel, AVX-512); 3.50 s against 5.61 (AMD, AVX2). Its export takes ~11 s, once.
+        cpu_runtime="onnx",
         examples=(
             # Raster is clear for every class; the others only for a few (MODEL_CARD.md).
             Example("Animals & Nature", ("raster", "random"), 2),

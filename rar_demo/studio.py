@@ -115,13 +115,22 @@ def examples(model: str) -> list[list]:
     ]
 
 
+AUTO_RUNTIME = "auto"  # a runtime choice: the fastest here (ModelCache.default_runtime)
+
+
 class ModelCache:
     """Pipelines by model and runtime, loaded on first use and shared by all requests
-    (thread-safe)."""
+    (thread-safe). `runtimes`: those offered here (see runtimes())."""
 
-    def __init__(self, device: str | torch.device = "cpu", compile: bool = False) -> None:
+    def __init__(
+        self,
+        device: str | torch.device = "cpu",
+        compile: bool = False,
+        runtimes: Sequence[str] = tuple(RUNTIMES),
+    ) -> None:
         self.device = torch.device(device)
         self.compile = compile  # see pipeline.torch_executor
+        self.runtimes = tuple(runtimes)
         self._pipelines: dict[tuple[str, str], Pipeline] = {}
         self._patches: dict[str, Tensor] = {}
         self._locks: dict[tuple[str, str], threading.Lock] = {}
@@ -140,8 +149,24 @@ class ModelCache:
         """Whether that pipeline is loaded already (get() returns at once)."""
         return (name, runtime) in self._pipelines
 
-    def get(self, name: str, runtime: str = "torch") -> Pipeline:
+    def default_runtime(self, name: str) -> str:
+        """What `name` runs on unless told: on a CPU its fastest there (the registry's
+        measured choice) where offered, else torch (and always torch on a GPU)."""
+        fastest = spec(name).cpu_runtime
+        return fastest if self.device.type == "cpu" and fastest in self.runtimes else "torch"
+
+    def runtime_for(self, name: str, runtime: str | None) -> str:
+        """`runtime` itself, or for None and AUTO_RUNTIME the default for `name` here."""
+        return self.default_runtime(name) if runtime in (None, AUTO_RUNTIME) else runtime
+
+    def check_runtime(self, name: str, runtime: str) -> None:
+        """ValueError unless `name` runs on `runtime` and it is offered here."""
         spec(name).check_runtime(runtime)
+        if runtime not in self.runtimes:
+            raise ValueError(f"{runtime!r} is not offered here; choose {', '.join(self.runtimes)}")
+
+    def get(self, name: str, runtime: str = "torch") -> Pipeline:
+        self.check_runtime(name, runtime)
         key = name, runtime
         with self._lock(*key):
             if key not in self._pipelines:
@@ -296,7 +321,7 @@ def parse(
     temperature: float | None = None,
     top_k: int | None = None,
     speed: float = DEFAULT_SPEED,
-    runtime: str = "torch",
+    runtime: str | None = None,
     steps: object = None,
     schedule: str = DEFAULT_SCHEDULE,
     image: object = None,
@@ -311,9 +336,10 @@ def parse(
     `steps`: a sampler step count, or several to compare: each order is then shown at each
     (None: one token per step). An edit gives `image` (a picture: path, bytes, array or PIL
     image) and `mask` (a preset name of masks.MASK_PRESETS or a mask picture, see
-    masks.edit_source)."""
+    masks.edit_source). `runtime` None or AUTO_RUNTIME: the cache's default for the model."""
     entry = _field("model", lambda: spec(model))
-    _field("runtime", lambda: entry.check_runtime(runtime))
+    runtime = cache.runtime_for(model, runtime)
+    _field("runtime", lambda: cache.check_runtime(model, runtime))
     orders = tuple(orders or ())
     if not orders:
         raise InputError("orders", "choose at least one generation order")

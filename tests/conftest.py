@@ -107,6 +107,7 @@ def tiny_spec(generator: RARConfig = TINY_RAR, **changes: object) -> ModelSpec:
         sampling=SamplingConfig(greedy=True),
         gpu_dtype=torch.float32,
         runtimes=("torch", "onnx"),
+        cpu_runtime="torch",
         examples=(),
     )
     return replace(spec, **changes)
@@ -140,10 +141,11 @@ def serve() -> Iterator[str]:
 
 @pytest.fixture
 def count_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Records every step the app's bundled pipeline takes, wherever it is driven from."""
+    """Records every step the app's bundled pipeline (on its default runtime) takes, wherever
+    it is driven from."""
     import app
 
-    pipe = app.CACHE.get("bundled")
+    pipe = app.CACHE.get("bundled", app.CACHE.default_runtime("bundled"))
     steps: list[int] = []
     real_stream = pipe.stream
 

@@ -66,6 +66,8 @@ def test_runtimes_are_checked_with_the_reason() -> None:
 def test_entries_are_validated() -> None:
     with pytest.raises(ValueError, match="unknown runtimes"):
         tiny_spec(runtimes=("torch", "tensorrt"))
+    with pytest.raises(ValueError, match="cpu_runtime 'onnx int8' is not offered"):
+        tiny_spec(cpu_runtime="onnx int8")
     with pytest.raises(ValueError, match="codebooks differ"):
         tiny_spec(tokenizer=replace(TINY_VQGAN, codebook_size=32))
     with pytest.raises(ValueError, match="grids differ"):

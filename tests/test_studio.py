@@ -16,7 +16,7 @@ import torch
 import app
 from rar_demo import studio
 from rar_demo.pipeline import Pipeline
-from rar_demo.registry import imagenet_classes
+from rar_demo.registry import imagenet_classes, spec
 from rar_demo.render import LiveFrames
 from rar_demo.sampler import tokens_per_step
 
@@ -222,6 +222,20 @@ def test_zero_gpu_offers_the_torch_runtime_only() -> None:
     assert studio.runtimes({"SPACES_ZERO_GPU": "false"}) == ["torch", "onnx", "onnx int8"]
 
 
+def test_a_run_takes_the_fastest_runtime_offered_unless_told(cache: studio.ModelCache) -> None:
+    cpu = studio.ModelCache("cpu")
+    assert cpu.default_runtime("rar_b") == spec("rar_b").cpu_runtime == "onnx int8"
+    assert cpu.default_runtime("bundled") == spec("bundled").cpu_runtime
+    assert studio.ModelCache("cuda").default_runtime("rar_b") == "torch"  # CUDA graphs
+    zero_gpu = studio.ModelCache("cpu", runtimes=studio.runtimes({"SPACES_ZERO_GPU": "true"}))
+    assert zero_gpu.default_runtime("rar_b") == "torch"
+    request = studio.parse(cache, "bundled", "Flags", ["raster"], 0)
+    assert request.runtime == cache.default_runtime("bundled")
+    with pytest.raises(studio.InputError, match="not offered here") as err:
+        studio.parse(zero_gpu, "rar_b", "volcano", ["raster"], 0, runtime="onnx", load=False)
+    assert err.value.field == "runtime"
+
+
 def test_examples_are_valid_for_their_model(cache: studio.ModelCache) -> None:
     for model, class_name, orders, seed, steps in studio.examples("bundled"):
         studio.parse(cache, model, class_name, orders, seed, steps=steps)
@@ -276,7 +290,7 @@ def test_panels_at_fewer_steps_finish_sooner_and_look_as_they_do_alone(
     of the run the 32-step panel is whole while the 256-step one has 32 tokens; each comes
     out as it does when run alone."""
     request = studio.parse(cache, "bundled", 0, ["random"], 4, speed=512, steps=[256, 32])
-    pipe = cache.get("bundled")
+    pipe = cache.get("bundled", cache.default_runtime("bundled"))  # as runs
     groups = [
         (
             request.rows(n),
@@ -365,7 +379,7 @@ def test_an_edit_request_keeps_the_pictures_cells_and_runs_only_the_rest(
         cache, "bundled", 0, ORDERS, 3, speed=512, image=_picture(), mask="center"
     )
     assert request.edited_cells == 64
-    pipe = cache.get("bundled")
+    pipe = cache.get("bundled", cache.default_runtime("bundled"))  # as runs
     tokens = pipe.encode(_picture())
     prompt = request.prompt(pipe, 2)
     keep = prompt[0] >= 0
@@ -410,7 +424,7 @@ def test_runs_that_queue_share_one_batch_and_each_comes_out_as_alone(
     cache: studio.ModelCache,
 ) -> None:
     batcher = studio.Batcher(cache, slots=1)
-    pipe = cache.get("bundled")
+    pipe = cache.get("bundled", cache.default_runtime("bundled"))  # as runs
     busy = batcher.join(studio.parse(cache, "bundled", 0, ORDERS, 0, speed=8))  # the slot
     queued = [
         studio.parse(cache, "bundled", "Flags", ["spiral"], 3, speed=8),
@@ -440,7 +454,7 @@ def test_edits_and_runs_of_another_kind_get_batches_of_their_own(
         studio.parse(cache, "bundled", 0, ORDERS, 1, image=_picture(), mask="left", speed=8),
         studio.parse(cache, "bundled", 0, ORDERS, 1, image=_picture(), mask="left", speed=8),
     ]
-    pipe = cache.get("bundled")
+    pipe = cache.get("bundled", cache.default_runtime("bundled"))  # as runs
     leases = [batcher.join(r, r.prompt(pipe, len(r.names))) for r in kinds]
     assert len({id(lease.batch) for lease in leases}) == len(kinds)
     for lease in leases:
