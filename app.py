@@ -177,13 +177,17 @@ class Flipbook:
 
     def take(self) -> str | None:
         """The frames held as one HTML block, each at its delay after the first (None when
-        none are), and the wait for the next message starts now."""
-        held, self.held, self.sent_at = self.held, [], self.clock()
-        if not held:
+        none are), and the wait for the next message starts now. A message never plays for
+        longer than FLIP_S: after a gap (a slow step, a decode taken up) its frames are
+        already late, so they play faster rather than later still."""
+        if not self.held:
             return None
-        (start, first), *later = held
+        (start, first), *later = held = self.held
+        self.held, self.sent_at = [], self.clock()
         self.sent += 1
-        return panels_html(first, [(t - start, panels) for t, panels in later], self.sent % 2)
+        scale = min(1.0, FLIP_S / max(held[-1][0] - start, 1e-9))
+        delays = [((t - start) * scale, panels) for t, panels in later]
+        return panels_html(first, delays, self.sent % 2)
 
 
 def _plot(png: bytes | studio.Keep | None) -> Any:
@@ -280,7 +284,7 @@ def generate(
             models whose classes are emoji, the emoji itself.
         orders: 1 to 4 generation orders: raster, random, spiral, center-out, zigzag, column,
             diagonal, checkerboard.
-        seed: a whole number; the same seed gives the same images.
+        seed: a whole number; the same seed gives the same images (on one runtime).
         cfg_scale: classifier-free guidance scale; empty for the model's default.
         cfg_power: power of the guidance schedule; empty for the model's default.
         temperature: sampling temperature; empty for the model's default.
@@ -368,7 +372,7 @@ def edit(
             mask_image.
         class_name: the class of the regenerated cells, as for generate.
         orders: 1 to 4 generation orders for the regenerated cells (the kept cells go first).
-        seed: a whole number; the same seed gives the same images.
+        seed: a whole number; the same seed gives the same images (on one runtime).
         mask_image: a mask picture (white or opaque = regenerate), at the picture's size, the
             model's or the 16x16 token grid's; used when mask is empty.
         cfg_scale: classifier-free guidance scale; empty for the model's default.
@@ -775,7 +779,8 @@ def create_demo(model: str | None = None) -> gr.Blocks:
         demo.load(fill_defaults, [model_box, runtime_box, *sampler_boxes], sampler_boxes, **private)
         choice = [model_box, runtime_box, class_box]
         model_box.change(pick_model, choice, [runtime_box, class_box, *sampler_boxes], **private)
-        runtime_box.change(select_model, choice, [class_box, *sampler_boxes], **private)
+        # .input: a person's pick only (pick_model selects the model itself, runtime included).
+        runtime_box.input(select_model, choice, [class_box, *sampler_boxes], **private)
         class_dice.click(random_class, [model_box, runtime_box, class_box], class_box, **private)
         seed_dice.click(random_seed, None, seed_box, **private)
         gr.on(

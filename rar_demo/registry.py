@@ -151,8 +151,9 @@ _ENTRIES = (
         # changes the whole sample.
         runtimes=("torch", "onnx"),
         runtime_note="int8 changes the bundled model's pictures; it runs fast in fp32",
-        # 4 panels, 256 steps, one thread (as the app samples): 1.19 s against torch's 1.62
-        # (Intel, AVX-512); 3.50 s against 5.61 (AMD, AVX2). Its export takes ~11 s, once.
+        # 4 panels, 256 steps: 1.19 s against torch's 1.62 at one thread (Intel, AVX-512);
+        # 3.50 s against 5.61 at one thread and 3.38 against 4.89 at two (AMD, AVX2). The
+        # app samples with one thread fewer than the cores. Its export takes ~11 s, once.
         cpu_runtime="onnx",
         examples=(
             # Raster is clear for every class; the others only for a few (MODEL_CARD.md).

@@ -350,7 +350,7 @@ def cached_tokens(tokenizer: VQGAN, images: np.ndarray, folder: Path, flip: bool
     key.update(bytes([flip]))
     for name, value in tokenizer.state_dict().items():
         key.update(name.encode())
-        key.update(value.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        key.update(value.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
     path = folder / f"tokens-{key.hexdigest()[:16]}.pt"
     if path.is_file():
         return torch.load(path, weights_only=True)

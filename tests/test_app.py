@@ -124,6 +124,8 @@ def test_halfway_raster_frame_shows_done_rows_above_pending_rows(run_outputs: li
 
 def test_the_result_holds_distinct_finals_an_animation_and_plots(run_job: Job) -> None:
     """What a client that only asks for the result gets: everything, not "update" markers."""
+    import app
+
     result = run_job.result()
     assert result[0].startswith("**Done**")
     raster, random = _finals(result)
@@ -132,6 +134,8 @@ def test_the_result_holds_distinct_finals_an_animation_and_plots(run_job: Job) -
     assert not np.array_equal(raster, random)
     lo, hi = PENDING_BAND
     assert not ((raster >= lo) & (raster <= hi)).all()  # finals are not greyed
+    runtime = app.CACHE.default_runtime("bundled")  # the run took the fastest here
+    assert (f"· {runtime}" in result[0]) == (runtime != "torch")
     live = _panels(result)  # the live panels end on the finals, unhatched
     assert len(live) == 2 and all(map(np.array_equal, live, (raster, random)))
     with Image.open(result[3]) as animation:
@@ -522,6 +526,12 @@ def test_a_flipbook_sends_its_frames_in_messages_with_their_delays() -> None:
     assert re.findall(r"animation-delay: (\d+)ms", message) == ["50", "200"] * 2
     assert 'class="live turn-1"' in first and 'class="live turn-0"' in message  # replayed
     assert book.take() is None
+    # After a gap the frames held are late already: they play within FLIP_S, not later still.
+    now[0] = 0.3
+    assert not book.add(frames[0])
+    now[0] = 1.0
+    assert book.add(frames[1])
+    assert re.findall(r"animation-delay: (\d+)ms", book.take()) == [str(int(app.FLIP_S * 1000))] * 2
 
 
 def test_held_frames_go_out_with_a_stop_and_give_way_to_newer_panels(monkeypatch) -> None:
@@ -534,13 +544,14 @@ def test_held_frames_go_out_with_a_stop_and_give_way_to_newer_panels(monkeypatch
     stopped = studio.Update(status="Stopped at step 3")
     monkeypatch.setattr(app, "_run", lambda request, stop: iter([start, *live, stopped]))
     out = list(app._stream(None, None))
-    assert [o[0] for o in out] == ["Starting", "Stopped at step 3"]
-    assert [f[0, 0, 0] for f in _flips(out[1][1])[0]] == [1, 2, 3]  # the frames held, played
+    # The first frame goes out at once; the next two wait and go out with the stop.
+    assert [o[0] for o in out] == ["Starting", "Step 0", "Stopped at step 3"]
+    assert [f[0, 0, 0] for f in _flips(out[2][1])[0]] == [2, 3]  # the frames held, played
     done = studio.Update(status="Done", panels={"raster": np.full((8, 8, 3), 9, np.uint8)})
     monkeypatch.setattr(app, "_run", lambda request, stop: iter([start, *live, done]))
     out = list(app._stream(None, None))
-    assert [o[0] for o in out] == ["Starting", "Done"]
-    assert [f[0, 0, 0] for f in _flips(out[1][1])[0]] == [9]  # the finals, not stale frames
+    assert [o[0] for o in out] == ["Starting", "Step 0", "Done"]
+    assert [f[0, 0, 0] for f in _flips(out[2][1])[0]] == [9]  # the finals, not stale frames
 
 
 def test_picking_a_model_picks_its_fastest_runtime_here() -> None:
@@ -549,6 +560,7 @@ def test_picking_a_model_picks_its_fastest_runtime_here() -> None:
     quiet = {"progress": lambda *a, **k: None}
     runtime, classes, *sampler = app.pick_model("bundled", "onnx int8", "Flags", **quiet)
     assert runtime.value == "auto"  # int8 does not run the bundled model: back to auto
-    assert dict(runtime.choices)["auto: onnx"] == "auto"  # on a CPU: what auto stands for
+    stands_for = app.CACHE.default_runtime("bundled")  # onnx on a CPU, torch on a GPU
+    assert dict(runtime.choices)[f"auto: {stands_for}"] == "auto"
     assert classes.value == "Flags" and len(sampler) == 4
     assert app.pick_model("bundled", "torch", "Flags", **quiet)[0].value == "torch"  # kept

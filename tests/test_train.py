@@ -174,7 +174,7 @@ def test_tokenizer_steps_lower_the_loss() -> None:
     assert loss_fn().item() < first * 0.7
 
 
-def test_cached_tokens_are_the_tokenizers_and_keyed_by_its_weights(tmp_path) -> None:
+def test_cached_tokens_are_the_tokenizers_and_keyed_by_its_weights(tmp_path, monkeypatch) -> None:
     torch.manual_seed(0)
     config = VQGANConfig(
         channel_mult=(1, 2), hidden_channels=32, resolution=16, z_channels=8, codebook_size=16
@@ -184,7 +184,9 @@ def test_cached_tokens_are_the_tokenizers_and_keyed_by_its_weights(tmp_path) -> 
     first = cached_tokens(model, images, tmp_path)
     assert torch.equal(first, tokenize(model, images))
     assert len(list(tmp_path.glob("tokens-*.pt"))) == 1
-    assert torch.equal(cached_tokens(model, images, tmp_path), first)  # read back
+    with monkeypatch.context() as m:  # read back, not encoded again
+        m.setattr("rar_demo.train.tokenize", lambda *a: pytest.fail("encoded again"))
+        assert torch.equal(cached_tokens(model, images, tmp_path), first)
     flipped = cached_tokens(model, images, tmp_path, flip=True)
     assert torch.equal(flipped, tokenize(model, images, flip=True))
     with torch.no_grad():  # other weights, other tokens: never a stale entry
