@@ -175,6 +175,10 @@ class Flipbook:
         self.held.append((now, panels))
         return now - self.sent_at >= FLIP_S
 
+    def discard(self) -> None:
+        """Forgets the frames held (newer panels replace them), without encoding them."""
+        self.held.clear()
+
     def take(self) -> str | None:
         """The frames held as one HTML block, each at its delay after the first (None when
         none are), and the wait for the next message starts now. A message never plays for
@@ -332,7 +336,7 @@ def _stream(parsed: studio.Request, request: gr.Request | None) -> Iterator[tupl
             elif update.panels is studio.KEEP:  # e.g. Stopped: the frames held still show
                 panels = book.take() or studio.KEEP
             else:  # newer panels than any held
-                book.take()
+                book.discard()
                 panels = panels_html(update.panels)
             for i, value in enumerate(_outputs(update, panels)):
                 if value is not studio.KEEP:
@@ -583,14 +587,20 @@ def _sampler_box(label: str, step: float, precision: int | None = None) -> gr.Nu
     )
 
 
+def _starting_pipeline(model: str) -> Pipeline:
+    """`model` on its default runtime here, or the bundled model where its weights are out of
+    reach (offline): the page always opens."""
+    try:
+        return CACHE.get(model, CACHE.default_runtime(model))
+    except WeightsUnavailable as err:
+        warnings.warn(f"{err} Starting with the bundled model instead.", stacklevel=3)
+        return CACHE.get("bundled", CACHE.default_runtime("bundled"))
+
+
 def create_demo(model: str | None = None) -> gr.Blocks:
     model = model or studio.default_model(os.environ)
-    try:
-        pipe = CACHE.get(model, CACHE.default_runtime(model))
-    except WeightsUnavailable as err:
-        warnings.warn(f"{err} Starting with the bundled model instead.", stacklevel=2)
-        model = "bundled"
-        pipe = CACHE.get(model, CACHE.default_runtime(model))
+    pipe = _starting_pipeline(model)
+    model = pipe.name
     private: dict[str, Any] = {"api_visibility": "private"}
 
     with gr.Blocks(title="RAR Studio", delete_cache=(600, 1800)) as demo:
