@@ -340,10 +340,15 @@ class RAR(nn.Module):
         x = x + torch.cat([pos[:PREFIX].expand(B, -1, -1), pos[PREFIX + orders]], dim=1)
         none = x.new_zeros(B, 1, x.shape[-1])
         x = x + torch.cat([none, target[PREFIX + orders], none], dim=1)  # (B, L + 2, D)
-        # adaLN depends only on (label, slot): run it once per distinct label, not per sample.
+        # adaLN depends only on (label, slot): with few distinct labels, run it once per label
+        # and gather; with many (one class per emoji), gathering the (B, L + 2, 6D) outputs,
+        # and scattering their gradients back, costs more than it saves.
         distinct, rows = labels.unique(return_inverse=True)
-        c = self.condition(distinct)[:, None] + self.timesteps_embeddings[:, : L + PREFIX]
-        mods = [m[rows] for m in self.modulation(c)]  # (B, L + 2, 6D) each, head's 2D last
+        few = 2 * len(distinct) <= B
+        c = self.condition(distinct if few else labels)[:, None]
+        mods = self.modulation(c + self.timesteps_embeddings[:, : L + PREFIX])
+        if few:
+            mods = [m[rows] for m in mods]  # (B, L + 2, 6D) each, head's 2D last
         for block, mod in zip(self.blocks, mods[:-1], strict=True):
             x, _, _ = block(x, mod)
         return self.lm_head(self.adaln_before_head(x[:, 1:], mods[-1][:, 1:]))

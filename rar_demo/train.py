@@ -410,7 +410,8 @@ def train_generator(args: argparse.Namespace) -> None:
         y[torch.rand(len(y), generator=gen) < LABEL_DROP] = config.null_class
         ratio = random_ratio(step, args.steps)
         orders = sample_orders(len(idx), L, ratio, gen).to(device)
-        loss = rar_loss(model, x, y.to(device), orders)
+        with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=args.bf16):
+            loss = rar_loss(model, x, y.to(device), orders)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -549,6 +550,12 @@ def main(argv: list[str] | None = None) -> None:
             )
             p.add_argument("--width", type=int, help="hidden size, if not the preset's")
             p.add_argument("--balanced", action="store_true", help="draw every class equally often")
+            p.add_argument(
+                "--bf16",
+                action="store_true",
+                help="compute in bfloat16 autocast (weights and optimizer stay fp32): 1.6x a "
+                "step on a CPU with AMX",
+            )
     p = sub.add_parser("export", help="write trained runs into assets/ (any of the three)")
     p.add_argument("--tokenizer", type=Path)
     p.add_argument("--generator", type=Path)

@@ -3,9 +3,11 @@ are exact, and leave the KV cache as a sequential decode would."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
-from conftest import fixture_model, parity_fixtures, read_fixture
+from conftest import TINY_RAR, fixture_model, parity_fixtures, read_fixture
 
 from rar_demo.config import RARConfig
 from rar_demo.model import (
@@ -140,3 +142,20 @@ def test_an_edits_batched_prefill_matches_forward_and_a_step_by_step_feed(
     torch.testing.assert_close(
         cache.k[..., :written, :], stepwise.k[..., :written, :], atol=ATOL, rtol=0
     )
+
+
+@pytest.mark.parametrize("labels", [[3, 1, 4, 0], [2, 2, 2, 5]], ids=["distinct", "repeated"])
+def test_forward_gives_each_sample_the_logits_it_gets_alone(labels) -> None:
+    """forward runs adaLN once per distinct label when labels repeat, and per sample when they
+    are mostly distinct: either way each row is that sample's own."""
+    torch.manual_seed(0)
+    model = RAR(replace(TINY_RAR, condition_num_classes=6)).eval()
+    labels = torch.tensor(labels)
+    L = model.config.image_seq_len
+    tokens = torch.randint(0, model.config.codebook_size, (4, L))
+    orders = torch.stack([torch.randperm(L) for _ in range(4)])
+    batched = model(tokens, labels, orders)
+    alone = torch.cat(
+        [model(tokens[b : b + 1], labels[b : b + 1], orders[b : b + 1]) for b in range(4)]
+    )
+    torch.testing.assert_close(batched, alone, atol=ATOL, rtol=0)

@@ -236,8 +236,12 @@ def test_training_runs_resume_and_export(tiny_dataset, tmp_path, capsys) -> None
     assert all(torch.equal(before[k], after[k]) for k in frozen)  # same tokens as before
     assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
 
-    main(["generator", "--out", str(gen), "--tokenizer", str(tok), "--steps", "2", *common])
-    assert (gen / "ckpt.pt").exists()
+    main(["generator", "--out", str(gen), "--tokenizer", str(tok), "--steps", "1", *common])
+    # resumed in bfloat16 autocast: the weights and the optimizer stay fp32
+    main(
+        ["generator", "--out", str(gen), "--tokenizer", str(tok), "--steps", "2", "--bf16", *common]
+    )
+    assert {v.dtype for v in load_checkpoint(gen)[1].values()} == {torch.float32}
     log = [json.loads(line) for line in (gen / "log.jsonl").read_text().splitlines()]
     heldout = [r for r in log if "heldout_nll_raster" in r]
     assert [r["step"] for r in heldout] == [1, 2]  # every checkpoint is scored
