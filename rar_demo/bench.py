@@ -4,22 +4,28 @@ Prints one JSON line per measurement. Weights are random at the real sizes, so n
 downloaded; speed does not depend on their values. Each measurement runs in a process of its own,
 so its peak memory and thread settings are its own. Path "eager" is the reference algorithm (the
 official generate: adaLN from the weights at every step); the others are in PATHS. The app runs
-"fast" on a CPU and "graph" on a GPU.
+"fast" on a CPU and "graph" on a GPU. With REF=path/to/1d-tokenizer set, the CPU run also
+times the official code's generate() (path "reference"; tokens only, it has no decode; needs timm
+and omegaconf).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
+import os
 import platform
 import subprocess
 import sys
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import Tensor
@@ -39,9 +45,9 @@ from .sampler import generate, stream
 @dataclass(frozen=True)
 class Case:
     model: str
-    backend: str  # torch | onnx
+    backend: str  # torch | onnx | official (REF's code)
     dtype: str  # fp32 | bf16 | int8 (weights of the decode step)
-    path: str  # eager | fast | graph | compiled, see PATHS
+    path: str  # eager | fast | graph | compiled | reference, see PATHS
     orders: int  # images side by side, one generation order each: the batch
     reps: int = 1
     threads: int | None = None  # intra-op threads (torch and ONNX Runtime); None: torch's default
@@ -56,6 +62,7 @@ PATHS = {
     "fast": "adaLN precomputed for every slot at prefill (TorchExecutor)",
     "graph": "fast, each step replayed from a CUDA graph (GraphExecutor)",
     "compiled": "graph, the step first compiled by torch.compile",
+    "reference": "the official code's generate() from the 1d-tokenizer checkout REF names",
 }
 CPU_CASES = [
     Case("rar_b", "torch", "fp32", "eager", 1),
@@ -100,6 +107,49 @@ CUDA_CASES = [
     Case("rar_b", "onnx", "fp32", "fast", 1),  # ONNX Runtime's CUDA execution provider
 ]
 CASES = {"cpu": CPU_CASES, "cuda": CUDA_CASES}
+# Beside the torch eager line: the same algorithm, as the official code runs it (raster order).
+OFFICIAL = Case("rar_b", "official", "fp32", "reference", 1, order="raster")
+
+
+def cases(device: str, ref: Path | None) -> list[Case]:
+    """The device's cases, and on a CPU the official code's where REF names a checkout."""
+    return CASES[device] + ([OFFICIAL] if ref and device == "cpu" else [])
+
+
+def official_ref(environ: Mapping[str, str] = os.environ) -> Path | None:
+    """The 1d-tokenizer checkout that REF names, or None; a bad one stops the bench."""
+    if not environ.get("REF"):
+        return None
+    ref = Path(environ["REF"])
+    if not ref.is_dir():
+        raise SystemExit(f"bench: REF={ref} is not a directory")
+    if not (ref / "modeling" / "rar.py").is_file():
+        raise SystemExit(f"bench: REF={ref} has no modeling/rar.py: not a 1d-tokenizer checkout")
+    missing = [name for name in ("timm", "omegaconf") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise SystemExit(f"bench: the official code needs {' and '.join(missing)} installed")
+    return ref
+
+
+def _package(name: str, folder: Path) -> ModuleType:
+    """Registers `folder` as package `name` without running its __init__.py."""
+    package = ModuleType(name)
+    package.__path__ = [str(folder)]
+    sys.modules[name] = package
+    return package
+
+
+def official_rar(ref: Path) -> type[torch.nn.Module]:
+    """The official RAR class, importing only the files sampling runs: the __init__.py of
+    modeling.modules imports the training losses (torchvision, accelerate), and timm's imports
+    torchvision, which has no build here for the project's CPU torch."""
+    (timm,) = importlib.util.find_spec("timm").submodule_search_locations
+    layers = _package("timm.layers", Path(timm) / "layers")
+    layers.Mlp = importlib.import_module("timm.layers.mlp").Mlp
+    _package("modeling", ref / "modeling")
+    modules = _package("modeling.modules", ref / "modeling" / "modules")
+    modules.BaseModel = importlib.import_module("modeling.modules.base_model").BaseModel
+    return importlib.import_module("modeling.rar").RAR
 
 
 def quantize_int8(model: RAR) -> RAR:
@@ -296,6 +346,48 @@ def _floor(case: Case, sampled: int) -> dict:
 
 
 @torch.inference_mode()
+def measure_official(case: Case, ref: Path) -> dict:
+    """The official generate() on a CPU, the model at the real sizes with random weights,
+    sampling with the registry's defaults (the official ones); tokens only."""
+    from omegaconf import OmegaConf
+
+    if case.threads:
+        torch.set_num_threads(case.threads)
+    config = spec(case.model).generator
+    generator = {**config.to_dict(), "dropout": 0.0, "attn_drop": 0.0}  # off in eval() anyway
+    vq_model = {"codebook_size": config.codebook_size}
+    official = OmegaConf.create({"model": {"generator": generator, "vq_model": vq_model}})
+    model = official_rar(ref)(official).eval()
+    sampling = spec(case.model).sampling
+    labels = torch.ones(case.orders, dtype=torch.long)
+    reset_peak_mem("cpu")
+    times = []
+    for seed in range(case.reps):
+        torch.manual_seed(seed)
+        start = time.perf_counter()
+        model.generate(
+            labels,
+            guidance_scale=sampling.guidance_scale,
+            randomize_temperature=sampling.temperature,
+            guidance_scale_pow=sampling.guidance_power,
+        )
+        times.append(time.perf_counter() - start)
+    gen_s = sorted(times)[len(times) // 2]  # the median run
+    return {
+        **asdict(case),
+        "device": "cpu",
+        "batch": case.orders,
+        "seconds_per_image": round(gen_s, 3),
+        "tokens_per_s": round(case.orders * config.image_seq_len / gen_s, 1),
+        "decode_seconds": None,  # the official generate() stops at tokens
+        "generate_seconds": round(gen_s, 3),
+        "peak_mem_mb": round(peak_mem_mb("cpu")),
+        "threads": torch.get_num_threads(),
+        **cpu_info(),
+    }
+
+
+@torch.inference_mode()
 def profile(
     case: Case, device: str, top: int = 25, window: tuple[int, int] = (64, 96)
 ) -> list[dict]:
@@ -343,14 +435,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--case", help=argparse.SUPPRESS)  # one measurement, in this process
     args = parser.parse_args(argv)
+    ref = official_ref()  # first: a bad REF stops the run before any case
     if args.case:
         case = Case(**json.loads(args.case))
-        rows = profile(case, args.device) if args.profile else [measure(case, args.device)]
+        if case.backend == "official":
+            assert ref, "the official case runs where REF is set"
+            rows = [measure_official(case, ref)]
+        else:
+            rows = profile(case, args.device) if args.profile else [measure(case, args.device)]
         for row in rows:
             print(json.dumps(row), flush=True)
         return 0
     failed = 0
-    for case in CASES[args.device]:
+    for case in cases(args.device, None if args.profile else ref):  # profiles: our paths only
         if (
             (args.model and case.model not in args.model)
             or (args.path and case.path not in args.path)

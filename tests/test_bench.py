@@ -4,16 +4,44 @@ from __future__ import annotations
 
 import pytest
 
-from rar_demo.bench import CASES, ISA_FLAGS, PATHS, Case, floor_seconds, measure, profile
+from rar_demo.bench import (
+    CASES,
+    ISA_FLAGS,
+    OFFICIAL,
+    PATHS,
+    Case,
+    cases,
+    floor_seconds,
+    main,
+    measure,
+    official_ref,
+    profile,
+)
 from rar_demo.hub import random_models
 from rar_demo.pipeline import DTYPES
 from rar_demo.registry import MODEL_NAMES
 
 
 def test_bench_cases_are_well_formed() -> None:
-    for case in [c for cases in CASES.values() for c in cases]:
+    for case in [c for device_cases in CASES.values() for c in device_cases] + [OFFICIAL]:
         assert case.path in PATHS and case.model in MODEL_NAMES, case
         assert case.dtype in DTYPES or (case.dtype == "int8" and case.path == "fast"), case
+
+
+def test_the_official_case_runs_on_a_cpu_where_ref_is_set(tmp_path) -> None:
+    assert official_ref({}) is None and OFFICIAL not in cases("cpu", None)
+    assert OFFICIAL in cases("cpu", tmp_path) and OFFICIAL not in cases("cuda", tmp_path)
+
+
+def test_a_bad_ref_stops_the_bench_with_one_line(tmp_path, monkeypatch) -> None:
+    with pytest.raises(SystemExit, match="is not a directory"):
+        official_ref({"REF": str(tmp_path / "missing")})
+    with pytest.raises(SystemExit, match=r"no modeling/rar\.py"):
+        official_ref({"REF": str(tmp_path)})
+    # Before any case runs.
+    monkeypatch.setenv("REF", str(tmp_path / "missing"))
+    with pytest.raises(SystemExit, match="is not a directory"):
+        main(["--device", "cpu"])
 
 
 def test_bench_measures_the_graph_path_streaming() -> None:
