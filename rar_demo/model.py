@@ -345,7 +345,7 @@ class RAR(nn.Module):
         # and scattering their gradients back, costs more than it saves.
         distinct, rows = labels.unique(return_inverse=True)
         few = 2 * len(distinct) <= B
-        c = self.condition(distinct if few else labels)[:, None]
+        c = (self.condition(distinct) if few else cond)[:, None]
         mods = self.modulation(c + self.timesteps_embeddings[:, : L + PREFIX])
         if few:
             mods = [m[rows] for m in mods]  # (B, L + 2, 6D) each, head's 2D last

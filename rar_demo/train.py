@@ -553,8 +553,8 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument(
                 "--bf16",
                 action="store_true",
-                help="compute in bfloat16 autocast (weights and optimizer stay fp32): 1.6x a "
-                "step on a CPU with AMX",
+                help="compute in bfloat16 autocast (weights and optimizer stay fp32): about 1.6x "
+                "faster a step on a CPU with AMX",
             )
     p = sub.add_parser("export", help="write trained runs into assets/ (any of the three)")
     p.add_argument("--tokenizer", type=Path)

@@ -4,15 +4,14 @@
 # after TRAIN_S seconds at most (its last checkpoint kept), then export and evaluate.
 #
 #   run(command="bash scripts/train_bundled_v2_gpu.sh", timeout_s=600,
-#       carry=[".cache/emoji64-v2.npz", "runs/gen_v2_export"])
+#       carry=[".cache/emoji64-v2.npz"])
 #
 # The device has no network, so the dataset travels in `carry` (build it here first with
 # `python -m rar_demo.data`). The tokenizer's encoder and codebook are frozen at
 # assets/bundled/v2/tokenizer.safetensors (the generator's tokens); the generator starts from
-# runs/gen_v2_export/generator.safetensors, a CPU run's latest export
-# (`python -m rar_demo.train export --generator runs/gen_v2 --out runs/gen_v2_export`), else
-# from assets/bundled/v2/generator.safetensors (a finished CPU schedule, see MODEL_CARD.md),
-# else from the shipped v1 weights (each emoji class from its group's class).
+# $INIT if set (say a CPU run's export), else assets/bundled/v2/generator.safetensors (a
+# finished CPU schedule, see MODEL_CARD.md), else the shipped v1 weights (each emoji class
+# from its group's class).
 # What comes back is under $OUT: logs, the exported weights, metrics and the sample sheet.
 # A dry run on a CPU, in a scratch clone (it overwrites assets/bundled there), e.g.
 #   TRAIN_S=1200 PY=python EXTRA="--save-every 2 --log-every 1 --batch-size 8 --threads 1" \
@@ -25,8 +24,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PY:-python3}  # the device image's Python has torch, numpy, pillow, safetensors, hub
 TOKENIZER=assets/bundled/v2/tokenizer.safetensors
-INIT=runs/gen_v2_export/generator.safetensors
-[ -f "$INIT" ] || INIT=assets/bundled/v2/generator.safetensors  # the CPU schedule's result
+INIT=${INIT:-assets/bundled/v2/generator.safetensors}  # the CPU schedule's result
 [ -f "$INIT" ] || INIT=assets/bundled/generator.safetensors
 TRAIN_S=${TRAIN_S:-430}
 # EXTRA: more arguments for every training job (the last of a repeated option wins).

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import TINY_RAR, fixture_model, parity_fixtures, read_fixture
+from conftest import TINY_RAR, fixture_model, parity_fixtures, randomized, read_fixture
 
 from rar_demo.config import RARConfig
 from rar_demo.model import (
@@ -145,11 +145,11 @@ def test_an_edits_batched_prefill_matches_forward_and_a_step_by_step_feed(
 
 
 @pytest.mark.parametrize("labels", [[3, 1, 4, 0], [2, 2, 2, 5]], ids=["distinct", "repeated"])
-def test_forward_gives_each_sample_the_logits_it_gets_alone(labels) -> None:
+def test_forward_gives_each_sample_the_logits_it_gets_alone(labels: list[int]) -> None:
     """forward runs adaLN once per distinct label when labels repeat, and per sample when they
     are mostly distinct: either way each row is that sample's own."""
     torch.manual_seed(0)
-    model = RAR(replace(TINY_RAR, condition_num_classes=6)).eval()
+    model = randomized(RAR(replace(TINY_RAR, condition_num_classes=6))).eval()  # adaLN-Zero: not 0
     labels = torch.tensor(labels)
     L = model.config.image_seq_len
     tokens = torch.randint(0, model.config.codebook_size, (4, L))

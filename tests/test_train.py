@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import TINY_RAR, random_emoji_data
 
+from rar_demo import train as train_module
 from rar_demo.classifier import load_classifier
 from rar_demo.config import RAR_PRESETS, VQGANConfig
 from rar_demo.data import EmojiClass
@@ -205,7 +206,7 @@ def tiny_dataset(tmp_path):
     return random_emoji_data(CLASSES, 40, 10, tmp_path / "data.npz")
 
 
-def test_training_runs_resume_and_export(tiny_dataset, tmp_path, capsys) -> None:
+def test_training_runs_resume_and_export(tiny_dataset, tmp_path, capsys, monkeypatch) -> None:
     common = [
         "--data",
         str(tiny_dataset),
@@ -237,10 +238,18 @@ def test_training_runs_resume_and_export(tiny_dataset, tmp_path, capsys) -> None
     assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
 
     main(["generator", "--out", str(gen), "--tokenizer", str(tok), "--steps", "1", *common])
-    # resumed in bfloat16 autocast: the weights and the optimizer stay fp32
+    # resumed in bfloat16 autocast: the step computes in bf16, the checkpoint stays fp32
+    autocast = []
+
+    def loss(*args: torch.Tensor) -> torch.Tensor:
+        autocast.append(torch.is_autocast_enabled("cpu"))
+        return rar_loss(*args)
+
+    monkeypatch.setattr(train_module, "rar_loss", loss)
     main(
         ["generator", "--out", str(gen), "--tokenizer", str(tok), "--steps", "2", "--bf16", *common]
     )
+    assert autocast == [True]
     assert {v.dtype for v in load_checkpoint(gen)[1].values()} == {torch.float32}
     log = [json.loads(line) for line in (gen / "log.jsonl").read_text().splitlines()]
     heldout = [r for r in log if "heldout_nll_raster" in r]
