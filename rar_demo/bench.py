@@ -5,8 +5,8 @@ downloaded; speed does not depend on their values. Each measurement runs in a pr
 so its peak memory and thread settings are its own. Path "eager" is the reference algorithm (the
 official generate: adaLN from the weights at every step); the others are in PATHS. The app runs
 "fast" on a CPU and "graph" on a GPU. With REF=path/to/1d-tokenizer set, the CPU run also
-times the official code's generate() (path "reference"; tokens only, it has no decode; needs timm
-and omegaconf).
+times the official code's generate() (path "reference"; tokens only, it has no decode; needs timm,
+omegaconf and antlr4-python3-runtime).
 """
 
 from __future__ import annotations
@@ -125,9 +125,9 @@ def official_ref(environ: Mapping[str, str] = os.environ) -> Path | None:
         raise SystemExit(f"bench: REF={ref} is not a directory")
     if not (ref / "modeling" / "rar.py").is_file():
         raise SystemExit(f"bench: REF={ref} has no modeling/rar.py: not a 1d-tokenizer checkout")
-    missing = [name for name in ("timm", "omegaconf") if importlib.util.find_spec(name) is None]
-    if missing:
-        raise SystemExit(f"bench: the official code needs {' and '.join(missing)} installed")
+    needs = ("timm", "omegaconf", "antlr4")  # antlr4-python3-runtime: omegaconf's parser
+    if missing := [name for name in needs if importlib.util.find_spec(name) is None]:
+        raise SystemExit(f"bench: the official code needs {', '.join(missing)} installed")
     return ref
 
 
@@ -149,7 +149,7 @@ def official_rar(ref: Path) -> type[torch.nn.Module]:
     _package("modeling", ref / "modeling")
     modules = _package("modeling.modules", ref / "modeling" / "modules")
     modules.BaseModel = importlib.import_module("modeling.modules.base_model").BaseModel
-    return importlib.import_module("modeling.rar").RAR
+    return importlib.import_module("modeling.rar").RAR  # (timm stays a stub in this process)
 
 
 def quantize_int8(model: RAR) -> RAR:
@@ -316,17 +316,25 @@ def measure(case: Case, device: str) -> dict:
         times.append((generated - start, time.perf_counter() - generated))
     gen_s, dec_s = sorted(times, key=sum)[len(times) // 2]  # the median run
     return {
+        **_row(case, device, _sampled(setup), gen_s, dec_s),
+        "warmup_s": round(setup.warmup_s, 3),
+        **(_floor(case, _sampled(setup)) if device == "cpu" else {}),
+    }
+
+
+def _row(case: Case, device: str, sampled: int, gen_s: float, dec_s: float | None) -> dict:
+    """A measurement's JSON line: the case, its timings (dec_s None: no decode timed) and the
+    process's peak memory and threads."""
+    return {
         **asdict(case),
         "device": device,
         "batch": case.orders,
-        "seconds_per_image": round(gen_s + dec_s, 3),
-        "tokens_per_s": round(case.orders * _sampled(setup) / gen_s, 1),
-        "decode_seconds": round(dec_s, 3),
+        "seconds_per_image": round(gen_s + (dec_s or 0.0), 3),
+        "tokens_per_s": round(case.orders * sampled / gen_s, 1),
+        "decode_seconds": None if dec_s is None else round(dec_s, 3),
         "generate_seconds": round(gen_s, 3),
         "peak_mem_mb": round(peak_mem_mb(device)),
-        "warmup_s": round(setup.warmup_s, 3),
         "threads": torch.get_num_threads(),
-        **(_floor(case, _sampled(setup)) if device == "cpu" else {}),
     }
 
 
@@ -373,18 +381,8 @@ def measure_official(case: Case, ref: Path) -> dict:
         )
         times.append(time.perf_counter() - start)
     gen_s = sorted(times)[len(times) // 2]  # the median run
-    return {
-        **asdict(case),
-        "device": "cpu",
-        "batch": case.orders,
-        "seconds_per_image": round(gen_s, 3),
-        "tokens_per_s": round(case.orders * config.image_seq_len / gen_s, 1),
-        "decode_seconds": None,  # the official generate() stops at tokens
-        "generate_seconds": round(gen_s, 3),
-        "peak_mem_mb": round(peak_mem_mb("cpu")),
-        "threads": torch.get_num_threads(),
-        **cpu_info(),
-    }
+    # No decode: the official generate() stops at tokens.
+    return {**_row(case, "cpu", config.image_seq_len, gen_s, None), **cpu_info()}
 
 
 @torch.inference_mode()
@@ -435,11 +433,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--case", help=argparse.SUPPRESS)  # one measurement, in this process
     args = parser.parse_args(argv)
-    ref = official_ref()  # first: a bad REF stops the run before any case
+    # First, so a bad REF stops the run before any case; profiles time our paths only.
+    ref = official_ref() if args.device == "cpu" and not args.profile else None
     if args.case:
         case = Case(**json.loads(args.case))
         if case.backend == "official":
-            assert ref, "the official case runs where REF is set"
+            if ref is None:
+                raise SystemExit("bench: the official case runs on a CPU where REF is set")
             rows = [measure_official(case, ref)]
         else:
             rows = profile(case, args.device) if args.profile else [measure(case, args.device)]
@@ -447,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(row), flush=True)
         return 0
     failed = 0
-    for case in cases(args.device, None if args.profile else ref):  # profiles: our paths only
+    for case in cases(args.device, ref):
         if (
             (args.model and case.model not in args.model)
             or (args.path and case.path not in args.path)
