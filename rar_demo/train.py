@@ -52,10 +52,11 @@ LABEL_DROP = 0.1
 COMMITMENT = 0.25
 
 
-def random_ratio(step: int, total: int) -> float:
-    """Probability of a random order: 1 until 50% of training, then linear to 0 at 75%."""
+def random_ratio(step: int, total: int, final: float = 0.0) -> float:
+    """Probability of a random order: 1 until 50% of training, then linear to `final` at 75%.
+    The paper ends at 0 (raster only); a small model forgets random orders in that quarter."""
     start, end = 0.5 * total, 0.75 * total
-    return float(np.clip((end - step) / (end - start), 0.0, 1.0))
+    return final + (1.0 - final) * float(np.clip((end - step) / (end - start), 0.0, 1.0))
 
 
 def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
@@ -408,7 +409,7 @@ def train_generator(args: argparse.Namespace) -> None:
         idx = next(batch_iter)
         x, y = tokens[idx].to(device), labels[idx].clone()
         y[torch.rand(len(y), generator=gen) < LABEL_DROP] = config.null_class
-        ratio = random_ratio(step, args.steps)
+        ratio = random_ratio(step, args.steps, args.final_random_ratio)
         orders = sample_orders(len(idx), L, ratio, gen).to(device)
         with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=args.bf16):
             loss = rar_loss(model, x, y.to(device), orders)
@@ -500,6 +501,13 @@ def export(args: argparse.Namespace) -> None:
     print(json.dumps({"exported": {str(p): p.stat().st_size for p in files}}))
 
 
+def _unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m rar_demo.train",
@@ -550,6 +558,12 @@ def main(argv: list[str] | None = None) -> None:
             )
             p.add_argument("--width", type=int, help="hidden size, if not the preset's")
             p.add_argument("--balanced", action="store_true", help="draw every class equally often")
+            p.add_argument(
+                "--final-random-ratio",
+                type=_unit_interval,
+                default=0.0,
+                help="share of random orders the anneal ends at (the paper: 0, raster only)",
+            )
             p.add_argument(
                 "--bf16",
                 action="store_true",

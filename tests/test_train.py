@@ -40,6 +40,19 @@ def test_random_ratio_schedule() -> None:
     assert random_ratio(625, 1000) == pytest.approx(0.5)
     assert random_ratio(750, 1000) == 0.0
     assert random_ratio(999, 1000) == 0.0
+    # an anneal that ends above raster keeps that share of random orders to the end
+    assert random_ratio(500, 1000, final=0.4) == 1.0
+    assert random_ratio(625, 1000, final=0.4) == pytest.approx(0.7)
+    assert random_ratio(999, 1000, final=0.4) == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("value", ["-0.1", "1.5", "half"])
+def test_final_random_ratio_must_be_a_share(value: str, capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(
+            ["generator", "--out", "unused", "--tokenizer", "unused", "--final-random-ratio", value]
+        )
+    assert "--final-random-ratio" in capsys.readouterr().err
 
 
 def test_learning_rate_warmup_then_cosine() -> None:
