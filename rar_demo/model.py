@@ -41,12 +41,17 @@ LN_EPS = 1e-6
 class Modulation:
     """The adaLN outputs of one generation for every slot, computed before decoding."""
 
-    table: Tensor  # (T, U, M): slot, distinct label, every block's 6D outputs then the head's 2D
+    table: Tensor  # (K, U, T, D): output (each block's 6, the head's 2), distinct label, slot
     rows: Tensor  # (B,) each sample's row in U
 
     def at(self, slots: Tensor) -> Tensor:
-        """(N,) slots -> (B, N, M)."""
-        return self.table[slots][:, self.rows].transpose(0, 1)
+        """(N,) slots -> (K, B, N, D), contiguous: each output's (B, N, D) is one block of
+        memory, which the ONNX step takes as an input of its own without a copy. One gather
+        over (label, slot) pairs: at 23 inputs 3.6x faster than gathering slots, then labels,
+        then transposing (RAR-B, 2-core Xeon)."""
+        K, U, T, D = self.table.shape
+        pairs = (self.rows[:, None] * T + slots).flatten()  # (B * N,)
+        return self.table.view(K, U * T, D)[:, pairs].view(K, len(self.rows), len(slots), D)
 
 
 @dataclass
@@ -59,14 +64,20 @@ class KVCache:
 
     @classmethod
     def empty(
-        cls, config: RARConfig, batch_size: int, device: torch.device, dtype: torch.dtype
+        cls,
+        config: RARConfig,
+        batch_size: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        slots: int | None = None,
     ) -> KVCache:
-        """Zeros for cls, condition and the L - 1 fed-back tokens of one whole generation."""
+        """Zeros for cls, condition and the L - 1 fed-back tokens of one whole generation, or
+        for its first `slots`."""
         shape = (
             config.num_hidden_layers,
             batch_size,
             config.num_attention_heads,
-            config.image_seq_len + 1,
+            config.image_seq_len + 1 if slots is None else slots,
             config.head_dim,
         )
         k = torch.zeros(shape, device=device, dtype=dtype)
@@ -180,7 +191,7 @@ def attend_with_cache(
     One softmax over [cache scores, own scores] equals attention over the written cache, without
     first copying the new keys into it (a copy of the whole cache in an ONNX graph).
     """
-    T = int(k_cache.shape[2])  # a Python int: the ONNX export bakes the cache length in
+    T = k_cache.shape[2]  # traced, not baked in: an ONNX step takes caches of any length
     scores = torch.cat([q @ k_cache.transpose(-2, -1), q @ k.transpose(-2, -1)], dim=-1)
     weights = (scores * scale + bias).softmax(-1)  # (B, H, N, T + N)
     return weights[..., :T] @ v_cache + weights[..., T:] @ v  # (B, H, N, hd)
@@ -240,13 +251,13 @@ class Block(nn.Module):
     def forward(
         self,
         x: Tensor,
-        mod: Tensor,
+        mod: Sequence[Tensor],
         cache: tuple[Tensor, Tensor] | None = None,
         bias: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """mod: this block's adaLN output (..., 6D). Returns x and the attention's keys, values."""
-        # split, not chunk: exports with constant sizes instead of a shape computation.
-        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mod.split(x.shape[-1], -1)
+        """mod: this block's six adaLN outputs, each (..., D). Returns x and the attention's
+        keys and values."""
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mod
         h, k, v = self.attn(modulate(self.norm1(x), shift_a, scale_a), cache, bias)
         x = x + gate_a * h
         return x + gate_m * self.mlp(modulate(self.norm2(x), shift_m, scale_m)), k, v
@@ -259,8 +270,8 @@ class FinalLayer(nn.Module):
         self.norm_final = nn.LayerNorm(D, elementwise_affine=False, eps=LN_EPS)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 2 * D))
 
-    def forward(self, x: Tensor, mod: Tensor) -> Tensor:
-        scale, shift = mod.chunk(2, -1)  # scale first, as in the checkpoints
+    def forward(self, x: Tensor, mod: Sequence[Tensor]) -> Tensor:
+        scale, shift = mod  # scale first, as in the checkpoints
         return modulate(self.norm_final(x), shift, scale)
 
 
@@ -316,14 +327,16 @@ class RAR(nn.Module):
         target = self.target_aware_pos_embed[0, targets.clamp_min(0)]
         return x + torch.where((targets == NO_TARGET)[..., None], 0.0, target)
 
-    def modulation(self, c: Tensor) -> list[Tensor]:
-        """(..., D) conditioning -> the adaLN outputs of every block (..., 6D), then the head's."""
-        return [m.adaLN_modulation(c) for m in (*self.blocks, self.adaln_before_head)]
-
-    def split_modulation(self, mod: Tensor) -> list[Tensor]:
-        """(..., M) rows of a `Modulation` table -> `modulation`'s list (views)."""
+    def modulation(self, c: Tensor) -> list[tuple[Tensor, ...]]:
+        """(..., D) conditioning -> every block's six adaLN outputs (..., D), then the head's
+        two. (split, not chunk: it exports with constant sizes, not a shape computation.)"""
         D = self.config.hidden_size
-        return list(mod.split([6 * D] * len(self.blocks) + [2 * D], dim=-1))
+        return [m.adaLN_modulation(c).split(D, -1) for m in (*self.blocks, self.adaln_before_head)]
+
+    def split_modulation(self, outputs: Sequence[Tensor]) -> list[Sequence[Tensor]]:
+        """The K adaLN outputs of `Modulation.at` (a (K, ...) tensor or K tensors) ->
+        `modulation`'s list, each block's six then the head's two."""
+        return [outputs[i : i + 6] for i in range(0, 6 * len(self.blocks), 6)] + [outputs[-2:]]
 
     def forward(self, tokens: Tensor, labels: Tensor, orders: Tensor) -> Tensor:
         """Teacher-forced logits for the RAR training objective.
@@ -348,10 +361,10 @@ class RAR(nn.Module):
         c = (self.condition(distinct) if few else cond)[:, None]
         mods = self.modulation(c + self.timesteps_embeddings[:, : L + PREFIX])
         if few:
-            mods = [m[rows] for m in mods]  # (B, L + 2, 6D) each, head's 2D last
+            mods = [tuple(t[rows] for t in m) for m in mods]  # each (B, L + 2, D)
         for block, mod in zip(self.blocks, mods[:-1], strict=True):
             x, _, _ = block(x, mod)
-        return self.lm_head(self.adaln_before_head(x[:, 1:], mods[-1][:, 1:]))
+        return self.lm_head(self.adaln_before_head(x[:, 1:], [t[:, 1:] for t in mods[-1]]))
 
     # --- incremental decoding -------------------------------------------------------------
 
@@ -363,10 +376,10 @@ class RAR(nn.Module):
         return KVCache.empty(self.config, batch_size, device or ref.device, dtype or ref.dtype)
 
     def modulation_table(self, labels: Tensor) -> Tensor:
-        """(U,) labels -> (T, U, M) adaLN outputs for every slot a generation uses."""
+        """(U,) labels -> (K, U, T, D) adaLN outputs for every slot a generation uses."""
         T = self.config.image_seq_len + 1
-        c = self.condition(labels)[None] + self.timesteps_embeddings[0, :T, None]  # (T, U, D)
-        return torch.cat(self.modulation(c), dim=-1)
+        c = self.condition(labels)[:, None] + self.timesteps_embeddings[:, :T]  # (U, T, D)
+        return torch.stack([t for mod in self.modulation(c) for t in mod])
 
     def precompute_modulation(self, labels: Tensor) -> Modulation:
         """The fast path's table for (B,) labels; CFG batches hold two distinct labels."""
@@ -376,7 +389,7 @@ class RAR(nn.Module):
     def step(
         self,
         x: Tensor,
-        mods: list[Tensor],
+        mods: list[Sequence[Tensor]],
         k_cache: Sequence[Tensor],
         v_cache: Sequence[Tensor],
         bias: Tensor,
@@ -396,7 +409,7 @@ class RAR(nn.Module):
             ks.append(k)
             vs.append(v)
         if heads is not None:
-            x, mods = x[:, -heads:], [*mods[:-1], mods[-1][:, -heads:]]
+            x, mods = x[:, -heads:], [*mods[:-1], [t[:, -heads:] for t in mods[-1]]]
         logits = self.lm_head(self.adaln_before_head(x, mods[-1]))
         return logits, torch.stack(ks), torch.stack(vs)
 
@@ -414,7 +427,7 @@ class RAR(nn.Module):
         slots, mod_slots = round_slots(first_slot, R, queries, x.device)
         if cache.modulation is None:
             c = self.condition(labels)[:, None] + self.timesteps_embeddings[0, mod_slots]
-            mods = self.modulation(c)  # each (B, N, 6D), the head's (B, N, 2D)
+            mods = self.modulation(c)  # each output (B, N, D)
         else:
             mods = self.split_modulation(cache.modulation.at(mod_slots))
         if isinstance(first_slot, Tensor):  # static shapes: the whole cache, later slots masked

@@ -12,7 +12,13 @@ import torch.nn.functional as F
 from conftest import fixture_model, parity_fixtures, read_fixture
 
 from rar_demo.backends import TorchExecutor
-from rar_demo.backends.onnx import STEP_FILE, OnnxDecoder, OnnxExecutor, int8_name
+from rar_demo.backends.onnx import (
+    CACHE_GROWTH,
+    STEP_FILE,
+    OnnxDecoder,
+    OnnxExecutor,
+    int8_name,
+)
 from rar_demo.backends.onnx_export import QUANTIZED, ensure_export, export_all
 from rar_demo.config import RARConfig, SamplingConfig, VQGANConfig
 from rar_demo.model import (
@@ -81,6 +87,28 @@ def test_decode_step_matches_torch(case) -> None:
     for key in (k for k in t if k.startswith("step_logits.")):
         step = int(key.split(".")[1])
         torch.testing.assert_close(onnx[step], t[key].float(), atol=ATOL, rtol=0)
+
+
+@torch.inference_mode()
+def test_the_cache_grows_as_its_slots_fill(case) -> None:
+    """The step reads the cache it is given, unwritten slots masked: the executor's holds the
+    slots written so far, rounded up to CACHE_GROWTH (the test above: the same logits)."""
+    t, model, _, labels, out = case
+    executor = OnnxExecutor(out)
+    seq, orders = t["input_ids"][:, :40], t["orders"][:, :41]
+    cache = executor.new_cache(len(labels))
+    executor.prefill(cache, labels, orders[:, 0])
+    lengths = [cache.k.shape[3]]
+    for step in range(1, 40):  # slots 0 .. step + 1 written
+        args = seq[:, step - 1], orders[:, step - 1], orders[:, step], labels
+        executor.decode_step(cache, step, *args)
+        lengths.append(cache.k.shape[3])
+    assert lengths == [-(-(step + 2) // CACHE_GROWTH) * CACHE_GROWTH for step in range(40)]
+    full = model.config.image_seq_len + 1
+    executor.decode_round(
+        cache, full - 2, decode_inputs(seq[:, :2], orders[:, :2], orders[:, 1:3]), 0, labels
+    )
+    assert cache.k.shape[3] == cache.v.shape[3] == full  # never past a generation's length
 
 
 def test_greedy_tokens_match_torch(case) -> None:
