@@ -51,12 +51,13 @@ class Modulation:
         then transposing (RAR-B, 2-core Xeon)."""
         K, U, T, D = self.table.shape
         pairs = (self.rows[:, None] * T + slots).flatten()  # (B * N,)
-        return self.table.view(K, U * T, D)[:, pairs].view(K, len(self.rows), len(slots), D)
+        return self.table.reshape(K, U * T, D)[:, pairs].view(K, len(self.rows), len(slots), D)
 
 
 @dataclass
 class KVCache:
-    """Keys and values of every layer for a whole generation, allocated once."""
+    """Keys and values of every layer for a whole generation, allocated once (the ONNX
+    executor's grows as it fills: `OnnxExecutor._grow`)."""
 
     k: Tensor  # (layers, B, H, T, head_dim)
     v: Tensor  # (layers, B, H, T, head_dim)
@@ -359,9 +360,12 @@ class RAR(nn.Module):
         distinct, rows = labels.unique(return_inverse=True)
         few = 2 * len(distinct) <= B
         c = (self.condition(distinct) if few else cond)[:, None]
-        mods = self.modulation(c + self.timesteps_embeddings[:, : L + PREFIX])
-        if few:
-            mods = [tuple(t[rows] for t in m) for m in mods]  # each (B, L + 2, D)
+        c = c + self.timesteps_embeddings[:, : L + PREFIX]
+        D = self.config.hidden_size
+        mods = [  # each output (B, L + 2, D)
+            (m.adaLN_modulation(c)[rows] if few else m.adaLN_modulation(c)).split(D, -1)
+            for m in (*self.blocks, self.adaln_before_head)
+        ]
         for block, mod in zip(self.blocks, mods[:-1], strict=True):
             x, _, _ = block(x, mod)
         return self.lm_head(self.adaln_before_head(x[:, 1:], [t[:, 1:] for t in mods[-1]]))

@@ -11,7 +11,8 @@ Every training stage runs on CUDA when present, else CPU, checkpoints to OUT/ckp
 
 The generator follows the RAR recipe (paper, Sec. 3 and 4.1): each sample is permuted to a
 random order with probability r, r = 1 for the first half of training and then annealed
-linearly to 0 by three quarters (the official 125k/187.5k of 250k steps), the class label is
+linearly to 0 by three quarters (the official 125k/187.5k of 250k steps; `--final-random-ratio`
+ends it above 0), the class label is
 dropped 10% of the time for classifier-free guidance, AdamW with cosine LR after warmup.
 """
 

@@ -2,17 +2,20 @@
 
 An export directory (written by backends.onnx_export) holds:
 
-    modulation.onnx       (U,) labels -> (T, U, M) adaLN table, once per generation
-    decode_step.onnx      N new slots per sample against a static KV cache (`RAR.step`):
-                          a decode step, a prefill, or a round of parallel decoding
+    modulation.onnx       (U,) labels -> (K, U, T, D) adaLN table, once per generation
+    decode_step.onnx      N new slots per sample against a KV cache of any length
+                          (`RAR.step`): a decode step, a prefill, or a round of parallel
+                          decoding; its inputs are the slots' `model.SlotInputs` rows, an
+                          attention bias and each of the K adaLN outputs at those slots
     decoder.onnx          (B, N) codes -> (B, 3, H, W) pixels
     *.int8.onnx           (optional) the modulation and decode step with dynamically
                           quantized int8 weights; the decoder statically quantized (QLinearConv)
     export.json           configs and format version; written last, so it marks a whole export
 
 The decode step reads the cache and returns only the new slots' keys and values; the executor
-writes them into its cache buffers in place, and IO binding hands ONNX Runtime those buffers, so
-no step copies the cache. Its inputs are `model.SlotInputs` rows, built by the model's own
+writes them into its cache buffers in place, and IO binding hands ONNX Runtime those buffers
+(and the adaLN outputs, one view each of a single gather), so no step copies the cache: only
+growing it does, every CACHE_GROWTH slots. The inputs are built by the model's own
 `prefill_inputs` / `decode_inputs`.
 """
 
@@ -94,6 +97,9 @@ def _run(sess: ort.InferenceSession, inputs: dict[str, Tensor], outputs: dict[st
     """Runs `sess` on torch tensors in place: no copies in or out."""
     binding = sess.io_binding()
     inputs = {name: t.contiguous() for name, t in inputs.items()}  # alive until the run ends
+    if any(t.is_cuda for t in inputs.values()):
+        # ONNX Runtime's CUDA provider runs on a stream of its own: torch's writes come first.
+        torch.cuda.current_stream().synchronize()
     for bind, tensors in ((binding.bind_input, inputs), (binding.bind_output, outputs)):
         for name, t in tensors.items():
             bind(
@@ -182,7 +188,7 @@ class OnnxExecutor:
         return logits[:, R - 1 :]
 
     def _modulation_table(self, cache: KVCache, labels: Tensor) -> None:
-        distinct, rows = labels.unique(return_inverse=True)
+        distinct, rows = labels.to(self.device).unique(return_inverse=True)
         K, _, T, D = self._modulation.get_outputs()[0].shape
         table = torch.empty(K, len(distinct), T, D, device=self.device)
         _run(self._modulation, {"labels": distinct}, {"table": table})
