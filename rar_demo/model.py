@@ -328,11 +328,14 @@ class RAR(nn.Module):
         target = self.target_aware_pos_embed[0, targets.clamp_min(0)]
         return x + torch.where((targets == NO_TARGET)[..., None], 0.0, target)
 
-    def modulation(self, c: Tensor) -> list[tuple[Tensor, ...]]:
+    def modulation(self, c: Tensor, rows: Tensor | None = None) -> list[tuple[Tensor, ...]]:
         """(..., D) conditioning -> every block's six adaLN outputs (..., D), then the head's
-        two. (split, not chunk: it exports with constant sizes, not a shape computation.)"""
+        two; with `rows`, those rows of the first dim of each (one gather per block). (split,
+        not chunk: it exports with constant sizes, not a shape computation.)"""
         D = self.config.hidden_size
-        return [m.adaLN_modulation(c).split(D, -1) for m in (*self.blocks, self.adaln_before_head)]
+        blocks = (*self.blocks, self.adaln_before_head)
+        outputs = [m.adaLN_modulation(c) for m in blocks]
+        return [(out if rows is None else out[rows]).split(D, -1) for out in outputs]
 
     def split_modulation(self, outputs: Sequence[Tensor]) -> list[Sequence[Tensor]]:
         """The K adaLN outputs of `Modulation.at` (a (K, ...) tensor or K tensors) ->
@@ -360,12 +363,9 @@ class RAR(nn.Module):
         distinct, rows = labels.unique(return_inverse=True)
         few = 2 * len(distinct) <= B
         c = (self.condition(distinct) if few else cond)[:, None]
-        c = c + self.timesteps_embeddings[:, : L + PREFIX]
-        D = self.config.hidden_size
-        mods = [  # each output (B, L + 2, D)
-            (m.adaLN_modulation(c)[rows] if few else m.adaLN_modulation(c)).split(D, -1)
-            for m in (*self.blocks, self.adaln_before_head)
-        ]
+        mods = self.modulation(
+            c + self.timesteps_embeddings[:, : L + PREFIX], rows if few else None
+        )
         for block, mod in zip(self.blocks, mods[:-1], strict=True):
             x, _, _ = block(x, mod)
         return self.lm_head(self.adaln_before_head(x[:, 1:], [t[:, 1:] for t in mods[-1]]))
