@@ -283,7 +283,11 @@ class RAR(nn.Module):
         D, L = config.hidden_size, config.image_seq_len
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
-        self.embeddings = nn.Embedding(config.vocab_size, D)
+        # Given a weight, Embedding skips its own normal_ init (reset_parameters below sets
+        # it): on the meta device, normal_ alone imports torch._dynamo, 2 s of every start-up.
+        self.embeddings = nn.Embedding(
+            config.vocab_size, D, _weight=torch.empty(config.vocab_size, D)
+        )
         # Table sizes match the official checkpoints (more rows than a sequence uses).
         self.pos_embed = nn.Parameter(torch.zeros(1, L + 1024, D))
         self.target_aware_pos_embed = nn.Parameter(torch.zeros(1, L + 1024, D))

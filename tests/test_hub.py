@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -231,3 +233,17 @@ def test_random_models_have_the_registered_sizes(name) -> None:
     with torch.device("meta"):  # real sizes, no memory
         model, tokenizer = random_models(name)
     assert model.config == spec(name).generator and tokenizer.config == spec(name).tokenizer
+
+
+def test_building_on_meta_does_not_import_dynamo() -> None:
+    """Start-up: meta-device normal_ imports torch._dynamo (about 2 s); loading the bundled
+    models must not call it."""
+    code = (
+        "import sys; from rar_demo.hub import load_generator, load_tokenizer; "
+        "load_generator('bundled'); load_tokenizer('bundled'); "
+        "print('torch._dynamo' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "False"
