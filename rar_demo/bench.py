@@ -167,8 +167,7 @@ def executor_for(case: Case, device: str) -> tuple[Executor, Callable[[Tensor], 
     """The executor and the codes -> pixels function that `case` measures."""
     model, tokenizer = random_models(case.model)
     if case.backend == "onnx":
-        from .backends.onnx import open_export
-        from .backends.onnx_export import ensure_export
+        from .backends.onnx import ensure_export, open_export
 
         int8 = case.dtype == "int8"
         return open_export(ensure_export(case.model, model, tokenizer, int8=int8), int8)

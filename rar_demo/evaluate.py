@@ -168,8 +168,7 @@ def tokenizer_metrics(pipe: Pipeline, data: EmojiDataset, codes: Tensor) -> dict
 def compare_int8(pipe: Pipeline, out: Path, class_ids: Sequence[int], seed: int = 0) -> dict:
     """fp32 vs int8 ONNX on `class_ids`, raster and random: same seed, so any difference is
     the quantization's."""
-    from .backends.onnx import open_export
-    from .backends.onnx_export import ensure_export
+    from .backends.onnx import ensure_export, open_export
 
     directory = ensure_export(pipe.name, pipe.generator, pipe.tokenizer, int8=True)
 

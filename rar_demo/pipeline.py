@@ -235,8 +235,7 @@ def load_pipeline(
     # The torch decoder stays fp32 (the onnx int8 export quantizes it with calibrated ranges).
     tokenizer = load_tokenizer(name, tokenizer_weights, device=device)
     if backend == "onnx":
-        from .backends.onnx import open_export
-        from .backends.onnx_export import ensure_export
+        from .backends.onnx import ensure_export, open_export
 
         directory = ensure_export(name, generator, tokenizer, int8=int8)
         executor, decoder = open_export(directory, int8)

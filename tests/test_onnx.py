@@ -6,6 +6,11 @@ so the exported graphs are checked against the official model's outputs too.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,12 +19,14 @@ from conftest import fixture_model, parity_fixtures, read_fixture
 from rar_demo.backends import TorchExecutor
 from rar_demo.backends.onnx import (
     CACHE_GROWTH,
+    QUANTIZED,
     STEP_FILE,
     OnnxDecoder,
     OnnxExecutor,
+    ensure_export,
     int8_name,
 )
-from rar_demo.backends.onnx_export import QUANTIZED, ensure_export, export_all
+from rar_demo.backends.onnx_export import export_all
 from rar_demo.config import RARConfig, SamplingConfig, VQGANConfig
 from rar_demo.model import (
     PREFIX,
@@ -262,3 +269,27 @@ def test_bundled_pipeline_on_onnx(tmp_path, monkeypatch) -> None:
         load_pipeline("bundled", backend="tensorrt")
     with pytest.raises(ValueError, match="int8"):  # it changes the small model's pictures
         load_pipeline("bundled", backend="onnx", int8=True)
+
+
+def test_a_cached_export_runs_without_importing_the_exporter(tmp_path) -> None:
+    """Start-up: `import onnx` alone took 1.4 s on a 2-core AMD EPYC; a process that finds its
+    export cached (int8 included) must not pay for it."""
+    code = (
+        "import sys, torch; from conftest import TINY_RAR, TINY_VQGAN; "
+        "from rar_demo.model import RAR; from rar_demo.vqgan import VQGAN; "
+        "from rar_demo.backends.onnx import ensure_export, open_export; "
+        "torch.manual_seed(0); model, tokenizer = RAR(TINY_RAR).eval(), VQGAN(TINY_VQGAN).eval(); "
+        "open_export(ensure_export('tiny', model, tokenizer, int8=True), int8=True); "
+        "print(sorted({'onnx', 'onnxruntime.quantization'} & set(sys.modules)))"
+    )
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "PYTHONPATH": str(Path(__file__).parent)}
+
+    def imported() -> str:
+        run = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert run.returncode == 0, run.stderr
+        return run.stdout.strip()
+
+    assert imported() == "['onnx', 'onnxruntime.quantization']"  # exported: it needed them
+    assert imported() == "[]"  # found in the cache

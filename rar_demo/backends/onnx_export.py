@@ -1,14 +1,12 @@
-"""ONNX export of a generator's decode step and its VQGAN decoder, int8 quantization, and the
-on-disk cache of exports (`ensure_export`). The files are those backends.onnx runs.
+"""ONNX export of a generator's decode step and its VQGAN decoder, and int8 quantization: the
+files backends.onnx runs (its `ensure_export` keeps them cached on disk).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -41,6 +39,7 @@ from .onnx import (
     FORMAT,
     MANIFEST_FILE,
     MODULATION_FILE,
+    QUANTIZED,
     STEP_FILE,
     cache_names,
     int8_name,
@@ -55,12 +54,7 @@ OPSET = 18
 # than fp32 on CPU, while QLinearConv with activation ranges calibrated ahead of time (static)
 # is 2.4x faster than fp32 (RAR-B's decoder).
 DYNAMIC = (MODULATION_FILE, STEP_FILE)
-QUANTIZED = (*DYNAMIC, DECODER_FILE)
 CALIBRATION_GRIDS = 8
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "rar_demo" / "onnx"
 
 
 class _DecodeStep(nn.Module):
@@ -271,31 +265,3 @@ def export_all(model: RAR, tokenizer: VQGAN, out: Path, int8: bool = False) -> N
     if int8:
         quantize(out, tokenizer)
     write_manifest(out, model, tokenizer)
-
-
-def weights_hash(*modules: nn.Module) -> str:
-    """A digest of the modules' configs and weights, naming their export directory."""
-    h = hashlib.sha256(f"format {FORMAT}".encode())
-    for module in modules:
-        h.update(json.dumps(module.config.to_dict(), sort_keys=True).encode())
-        for name, t in sorted(module.state_dict().items()):
-            h.update(name.encode())
-            h.update(t.detach().float().cpu().contiguous().reshape(-1).numpy())
-    return h.hexdigest()[:16]
-
-
-def ensure_export(name: str, model: RAR, tokenizer: VQGAN, int8: bool = False) -> Path:
-    """The cached export of these weights, exporting (and quantizing) on first use."""
-    out = cache_root() / f"{name}-{weights_hash(model, tokenizer)}"
-    if not (out / MANIFEST_FILE).is_file():
-        # Export next to the final place, then move it there in one step: an interrupted
-        # export never looks complete, and two processes cannot interleave their files.
-        tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-        export_all(model, tokenizer, tmp, int8)
-        try:
-            os.replace(tmp, out)
-        except OSError:  # another process finished first: keep its export
-            shutil.rmtree(tmp)
-    elif int8:
-        quantize(out, tokenizer)
-    return out
