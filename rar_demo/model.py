@@ -337,9 +337,12 @@ class RAR(nn.Module):
         two; with `rows`, those rows of the first dim of each (one gather per block). (split,
         not chunk: it exports with constant sizes, not a shape computation.)"""
         D = self.config.hidden_size
-        blocks = (*self.blocks, self.adaln_before_head)
-        outputs = [m.adaLN_modulation(c) for m in blocks]
-        return [(out if rows is None else out[rows]).split(D, -1) for out in outputs]
+        mods = []
+        for m in (*self.blocks, self.adaln_before_head):
+            out = m.adaLN_modulation(c)
+            # Gathered here, so that only one whole output is alive at a time.
+            mods.append((out if rows is None else out[rows]).split(D, -1))
+        return mods
 
     def split_modulation(self, outputs: Sequence[Tensor]) -> list[Sequence[Tensor]]:
         """The K adaLN outputs of `Modulation.at` (a (K, ...) tensor or K tensors) ->

@@ -235,6 +235,7 @@ def test_random_models_have_the_registered_sizes(name) -> None:
     assert model.config == spec(name).generator and tokenizer.config == spec(name).tokenizer
 
 
+@pytest.mark.slow
 def test_building_on_meta_does_not_import_dynamo() -> None:
     """Start-up: meta-device normal_ imports torch._dynamo (about 2 s); loading the bundled
     models must not call it."""
@@ -243,7 +244,9 @@ def test_building_on_meta_does_not_import_dynamo() -> None:
         "load_generator('bundled'); load_tokenizer('bundled'); "
         "print('torch._dynamo' in sys.modules)"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120
     )
-    assert out.stdout.strip() == "False"
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "False"

@@ -252,6 +252,28 @@ def test_export_is_cached_by_weights(case, tmp_path, monkeypatch) -> None:
     assert [p.name for p in first.parent.iterdir() if ".tmp" in p.name] == []
 
 
+def test_an_int8_export_that_loses_the_race_to_an_fp32_one_still_quantizes(
+    case, tmp_path, monkeypatch
+) -> None:
+    """Two processes export the same weights; the other one, asked for fp32 only, moves its
+    export into place while this one (asked for int8) is still exporting."""
+    _, model, tokenizer, _, _ = case
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    from rar_demo.backends import onnx_export
+
+    def other_process_first(*args, **kwargs) -> None:
+        with monkeypatch.context() as m:
+            m.setattr(onnx_export, "export_all", real_export_all)
+            ensure_export("tiny", model, tokenizer)  # fp32 only, in place first
+        real_export_all(*args, **kwargs)
+
+    real_export_all = onnx_export.export_all
+    monkeypatch.setattr(onnx_export, "export_all", other_process_first)
+    out = ensure_export("tiny", model, tokenizer, int8=True)
+    assert all((out / int8_name(f)).is_file() for f in QUANTIZED)
+    assert [p.name for p in out.parent.iterdir()] == [out.name]  # its own copy removed
+
+
 def test_bundled_pipeline_on_onnx(tmp_path, monkeypatch) -> None:
     """The app's entry point: same greedy images from both backends."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
@@ -271,6 +293,7 @@ def test_bundled_pipeline_on_onnx(tmp_path, monkeypatch) -> None:
         load_pipeline("bundled", backend="onnx", int8=True)
 
 
+@pytest.mark.slow
 def test_a_cached_export_runs_without_importing_the_exporter(tmp_path) -> None:
     """Start-up: `import onnx` alone took 1.4 s on a 2-core AMD EPYC; a process that finds its
     export cached (int8 included) must not pay for it."""
@@ -282,11 +305,18 @@ def test_a_cached_export_runs_without_importing_the_exporter(tmp_path) -> None:
         "open_export(ensure_export('tiny', model, tokenizer, int8=True), int8=True); "
         "print(sorted({'onnx', 'onnxruntime.quantization'} & set(sys.modules)))"
     )
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "PYTHONPATH": str(Path(__file__).parent)}
+    tests = Path(__file__).resolve().parent
+    path = os.pathsep.join(filter(None, [str(tests), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "PYTHONPATH": path}
 
     def imported() -> str:
         run = subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+            [sys.executable, "-c", code],
+            env=env,
+            cwd=tests.parent,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert run.returncode == 0, run.stderr
         return run.stdout.strip()

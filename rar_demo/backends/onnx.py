@@ -263,4 +263,8 @@ def ensure_export(name: str, model: RAR, tokenizer: VQGAN, int8: bool = False) -
         os.replace(tmp, out)
     except OSError:  # another process finished first: keep its export
         shutil.rmtree(tmp)
+        if not (out / MANIFEST_FILE).is_file():
+            raise
+        if int8:  # it may have exported fp32 only
+            quantize(out, tokenizer)
     return out
