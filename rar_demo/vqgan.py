@@ -123,7 +123,8 @@ class Decoder(nn.Module):
 class VectorQuantizer(nn.Module):
     def __init__(self, codebook_size: int, dim: int) -> None:
         super().__init__()
-        # A weight given skips Embedding's normal_ (meta normal_ imports torch._dynamo: 2 s).
+        # Given a weight, Embedding skips its own normal_ init (uniform_ below sets it): on
+        # the meta device, normal_ alone imports torch._dynamo, 2 s of every start-up.
         self.embedding = nn.Embedding(codebook_size, dim, _weight=torch.empty(codebook_size, dim))
         nn.init.uniform_(self.embedding.weight, -1.0 / codebook_size, 1.0 / codebook_size)
 

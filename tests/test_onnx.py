@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from conftest import fixture_model, parity_fixtures, read_fixture
 
-from rar_demo.backends import TorchExecutor
+from rar_demo.backends import TorchExecutor, onnx_export
 from rar_demo.backends.onnx import (
     CACHE_GROWTH,
     QUANTIZED,
@@ -259,15 +259,13 @@ def test_an_int8_export_that_loses_the_race_to_an_fp32_one_still_quantizes(
     export into place while this one (asked for int8) is still exporting."""
     _, model, tokenizer, _, _ = case
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    from rar_demo.backends import onnx_export
 
     def other_process_first(*args, **kwargs) -> None:
         with monkeypatch.context() as m:
-            m.setattr(onnx_export, "export_all", real_export_all)
+            m.setattr(onnx_export, "export_all", export_all)
             ensure_export("tiny", model, tokenizer)  # fp32 only, in place first
-        real_export_all(*args, **kwargs)
+        export_all(*args, **kwargs)
 
-    real_export_all = onnx_export.export_all
     monkeypatch.setattr(onnx_export, "export_all", other_process_first)
     out = ensure_export("tiny", model, tokenizer, int8=True)
     assert all((out / int8_name(f)).is_file() for f in QUANTIZED)

@@ -245,26 +245,24 @@ def ensure_export(name: str, model: RAR, tokenizer: VQGAN, int8: bool = False) -
     """The cached export of these weights, exporting (and quantizing) on first use."""
     out = cache_root() / f"{name}-{weights_hash(model, tokenizer)}"
     exported = (out / MANIFEST_FILE).is_file()
-    quantized = all((out / int8_name(f)).is_file() for f in QUANTIZED)
-    if exported and (quantized or not int8):
+    missing_int8 = int8 and not all((out / int8_name(f)).is_file() for f in QUANTIZED)
+    if exported and not missing_int8:
         return out
     # Only a missing file pays for the exporter: it imports onnx, whose ml_dtypes alone took
     # 1.4 s to import on a 2-core AMD EPYC, and ONNX Runtime's quantization tools.
     from .onnx_export import export_all, quantize
 
-    if exported:
+    if not exported:
+        # Export next to the final place, then move it there in one step: an interrupted
+        # export never looks complete, and two processes cannot interleave their files.
+        tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+        export_all(model, tokenizer, tmp, int8)
+        try:
+            os.replace(tmp, out)
+        except OSError:  # another process finished first: keep its export
+            shutil.rmtree(tmp)
+            if not (out / MANIFEST_FILE).is_file():
+                raise
+    if int8:  # adds only what is missing (the other process may have exported fp32 only)
         quantize(out, tokenizer)
-        return out
-    # Export next to the final place, then move it there in one step: an interrupted export
-    # never looks complete, and two processes cannot interleave their files.
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    export_all(model, tokenizer, tmp, int8)
-    try:
-        os.replace(tmp, out)
-    except OSError:  # another process finished first: keep its export
-        shutil.rmtree(tmp)
-        if not (out / MANIFEST_FILE).is_file():
-            raise
-        if int8:  # it may have exported fp32 only
-            quantize(out, tokenizer)
     return out
