@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -71,19 +72,20 @@ def case(tmp_path_factory, _one_thread):
     return t, model, tokenizer, labels, out
 
 
-def _teacher_forced(executor, t: dict, labels: torch.Tensor) -> torch.Tensor:
-    """(L, B, V) logits of every step, feeding the fixture's tokens in each sample's order."""
+def _teacher_forced_steps(executor, t: dict, labels: torch.Tensor) -> Iterator[torch.Tensor]:
+    """The (B, V) logits of each step, feeding the fixture's tokens in each sample's order."""
     orders = t["orders"]
     seq = t["input_ids"].gather(1, orders)  # (B, L) in generation order
     cache = executor.new_cache(len(labels))
-    steps = [executor.prefill(cache, labels, orders[:, 0])]
+    yield executor.prefill(cache, labels, orders[:, 0])
     for step in range(1, orders.shape[1]):
-        steps.append(
-            executor.decode_step(
-                cache, step, seq[:, step - 1], orders[:, step - 1], orders[:, step], labels
-            )
-        )
-    return torch.stack(steps)
+        args = seq[:, step - 1], orders[:, step - 1], orders[:, step], labels
+        yield executor.decode_step(cache, step, *args)
+
+
+def _teacher_forced(executor, t: dict, labels: torch.Tensor) -> torch.Tensor:
+    """(L, B, V) logits of every step."""
+    return torch.stack(list(_teacher_forced_steps(executor, t, labels)))
 
 
 @torch.inference_mode()
@@ -94,6 +96,25 @@ def test_decode_step_matches_torch(case) -> None:
     for key in (k for k in t if k.startswith("step_logits.")):
         step = int(key.split(".")[1])
         torch.testing.assert_close(onnx[step], t[key].float(), atol=ATOL, rtol=0)
+
+
+@torch.inference_mode()
+def test_generations_stepped_in_turn_keep_their_own_buffers(case) -> None:
+    """A cache holds its round's bound buffers: two generations on one executor, stepped in
+    turn (as two app users' are), give what each gives alone."""
+    t, _, _, labels, out = case
+    executor = OnnxExecutor(out)
+    other = {key: t[key].flip(0) for key in ("orders", "input_ids")}
+    alone = [_teacher_forced(executor, t, labels), _teacher_forced(executor, other, labels.flip(0))]
+    turns = list(
+        zip(
+            _teacher_forced_steps(executor, t, labels),
+            _teacher_forced_steps(executor, other, labels.flip(0)),
+            strict=True,
+        )
+    )
+    for i, expected in enumerate(alone):
+        assert torch.equal(torch.stack([turn[i] for turn in turns]), expected)
 
 
 @torch.inference_mode()
