@@ -157,8 +157,10 @@ def decode_inputs(tokens: Tensor, positions: Tensor, next_positions: Tensor) -> 
     return SlotInputs(ids=tokens, pos_rows=PREFIX + positions, target_rows=PREFIX + next_positions)
 
 
-def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    return x * (1 + scale) + shift
+def modulate(x: Tensor, shift: Tensor, factor: Tensor) -> Tensor:
+    """adaLN's x * (1 + scale) + shift, where `RAR.modulation` has made factor = 1 + scale
+    (once per table on the fast path, not once per step: 49 fewer nodes in RAR-B's ONNX step)."""
+    return x * factor + shift
 
 
 def cache_bias(cache_len: int, input_pos: Tensor, dtype: torch.dtype, queries: int = 0) -> Tensor:
@@ -245,6 +247,8 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block with adaLN-Zero modulation (as in DiT)."""
 
+    SCALES = (1, 4)  # which of the six adaLN outputs scale (`RAR.modulation` adds their 1)
+
     def __init__(self, config: RARConfig) -> None:
         super().__init__()
         D = config.hidden_size
@@ -261,15 +265,17 @@ class Block(nn.Module):
         cache: tuple[Tensor, Tensor] | None = None,
         bias: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """mod: this block's six adaLN outputs, each (..., D). Returns x and the attention's
-        keys and values."""
-        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mod
-        h, k, v = self.attn(modulate(self.norm1(x), shift_a, scale_a), cache, bias)
+        """mod: this block's six adaLN outputs (`RAR.modulation`), each (..., D). Returns x
+        and the attention's keys and values."""
+        shift_a, factor_a, gate_a, shift_m, factor_m, gate_m = mod
+        h, k, v = self.attn(modulate(self.norm1(x), shift_a, factor_a), cache, bias)
         x = x + gate_a * h
-        return x + gate_m * self.mlp(modulate(self.norm2(x), shift_m, scale_m)), k, v
+        return x + gate_m * self.mlp(modulate(self.norm2(x), shift_m, factor_m)), k, v
 
 
 class FinalLayer(nn.Module):
+    SCALES = (0,)  # scale first, as in the checkpoints
+
     def __init__(self, config: RARConfig) -> None:
         super().__init__()
         D = config.hidden_size
@@ -277,8 +283,8 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 2 * D))
 
     def forward(self, x: Tensor, mod: Sequence[Tensor]) -> Tensor:
-        scale, shift = mod  # scale first, as in the checkpoints
-        return modulate(self.norm_final(x), shift, scale)
+        factor, shift = mod
+        return modulate(self.norm_final(x), shift, factor)
 
 
 class RAR(nn.Module):
@@ -339,14 +345,18 @@ class RAR(nn.Module):
 
     def modulation(self, c: Tensor, rows: Tensor | None = None) -> list[tuple[Tensor, ...]]:
         """(..., D) conditioning -> every block's six adaLN outputs (..., D), then the head's
-        two; with `rows`, those rows of the first dim of each (one gather per block). (split,
-        not chunk: it exports with constant sizes, not a shape computation.)"""
+        two, each scale as 1 + scale (see `modulate`); with `rows`, those rows of the first dim
+        of each (one gather per block). (split, not chunk: it exports with constant sizes, not
+        a shape computation.)"""
         D = self.config.hidden_size
         mods = []
         for m in (*self.blocks, self.adaln_before_head):
             out = m.adaLN_modulation(c)
             # Gathered here, so that only one whole output is alive at a time.
-            mods.append((out if rows is None else out[rows]).split(D, -1))
+            parts = list((out if rows is None else out[rows]).split(D, -1))
+            for i in m.SCALES:
+                parts[i] = 1 + parts[i]
+            mods.append(tuple(parts))
         return mods
 
     def split_modulation(self, outputs: Sequence[Tensor]) -> list[Sequence[Tensor]]:

@@ -52,7 +52,7 @@ from ..vqgan import VQGAN
 # that grows by this many slots as a generation fills it is read about half as much as a
 # whole one (RAR-B: 76 MB a step at full length).
 CACHE_GROWTH = 32
-FORMAT = 7  # bump when the graphs change (inputs, outputs, semantics, speed): invalidates caches
+FORMAT = 8  # bump when the graphs change (inputs, outputs, semantics, speed): invalidates caches
 MODULATION_FILE = "modulation.onnx"
 STEP_FILE = "decode_step.onnx"
 DECODER_FILE = "decoder.onnx"
