@@ -15,8 +15,9 @@ An export directory (written by backends.onnx_export) holds:
 The decode step reads the cache and returns only the new slots' keys and values; the executor
 writes them into its cache buffers in place, and IO binding hands ONNX Runtime those buffers
 (and the adaLN outputs, one view each of a single gather), so no step copies the cache: only
-growing it does, every CACHE_GROWTH slots. The inputs are built by the model's own
-`prefill_inputs` / `decode_inputs`.
+growing it does, every CACHE_GROWTH slots. The binding is made once per round shape and cache
+length and kept with the generation's cache (`OnnxCache`); each round fills its buffers. The
+inputs are built by the model's own `prefill_inputs` / `decode_inputs`.
 """
 
 from __future__ import annotations
