@@ -352,11 +352,10 @@ class RAR(nn.Module):
         mods = []
         for m in (*self.blocks, self.adaln_before_head):
             out = m.adaLN_modulation(c)
+            for i in m.SCALES:  # in place, before the gather: once per distinct label
+                out[..., i * D : (i + 1) * D] += 1
             # Gathered here, so that only one whole output is alive at a time.
-            parts = list((out if rows is None else out[rows]).split(D, -1))
-            for i in m.SCALES:
-                parts[i] = 1 + parts[i]
-            mods.append(tuple(parts))
+            mods.append((out if rows is None else out[rows]).split(D, -1))
         return mods
 
     def split_modulation(self, outputs: Sequence[Tensor]) -> list[Sequence[Tensor]]:

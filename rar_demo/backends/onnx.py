@@ -132,7 +132,7 @@ def _run_bound(sess: ort.InferenceSession, binding: ort.IOBinding, device: torch
 def _run(sess: ort.InferenceSession, inputs: dict[str, Tensor], outputs: dict[str, Tensor]) -> None:
     """Runs `sess` once on torch tensors in place."""
     inputs = {name: t.contiguous() for name, t in inputs.items()}  # alive until the run ends
-    _run_bound(sess, _bind(sess, inputs, outputs), next(iter(outputs.values())).device)
+    _run_bound(sess, _bind(sess, inputs, outputs), _device(sess))
 
 
 @dataclass(eq=False)
